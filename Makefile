@@ -1,0 +1,72 @@
+# Set-up, tests and the demo. Every target is idempotent: a stamp per step records what was built from
+# which inputs, so a second run reuses the environments and goes straight to work.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+SIM_VENV := .venv-sim
+PIP_FLAGS := --quiet --disable-pip-version-check
+# Runs a command with the project's ROS environment (AMENT_PREFIX_PATH, LOCALHOST discovery, a per-run
+# ROS_DOMAIN_ID, ROS_LOG_DIR, FASTDDS_DEFAULT_PROFILES_FILE, HF_HUB_OFFLINE=1): see autoprune_ros/rosenv.py.
+IN_ROS_ENV := $(VENV)/bin/python -m autoprune_ros.rosenv --
+MSG_SOURCES := $(shell find msgs -type f)
+
+.PHONY: help setup setup-main setup-sim test lint demo clean distclean
+
+help:
+	@echo "make demo   set everything up, then run the demo on the bundled defaults"
+	@echo "make test   set everything up, then run ruff and the test suite"
+	@echo "make setup  only set up: .venv (main), .venv-sim (simulator), interface packages"
+	@echo "make lint   ruff only;  make clean: build outputs;  make distclean: also both environments"
+
+setup: setup-main setup-sim
+setup-main: $(VENV)/.stamp-package
+setup-sim: $(SIM_VENV)/.stamp-package
+
+# ---- main environment: torch, transformers, ROS 2 wheels, rosbags, test tools
+$(VENV)/.stamp-deps: requirements.txt requirements-dev.txt requirements-msgs.txt
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	@echo "setup: installing pinned requirements into $(VENV) (about 80 s the first time)"
+	$(VENV)/bin/pip install $(PIP_FLAGS) -r requirements.txt -r requirements-dev.txt -r requirements-msgs.txt
+	@touch $@
+
+$(VENV)/.stamp-interfaces: $(VENV)/.stamp-deps $(MSG_SOURCES) scripts/build_interfaces.sh
+	scripts/build_interfaces.sh $(VENV)
+	@touch $@
+
+$(VENV)/.stamp-package: $(VENV)/.stamp-interfaces setup.py setup.cfg package.xml
+	$(VENV)/bin/pip install $(PIP_FLAGS) --no-deps --no-build-isolation -e .
+	@touch $@
+
+# ---- simulator environment: MetaDrive's own pins, rclpy, the same interface packages
+$(SIM_VENV)/.stamp-deps: sim/requirements.txt requirements-msgs.txt
+	@test -x $(SIM_VENV)/bin/python || $(PYTHON) -m venv $(SIM_VENV)
+	@echo "setup: installing the simulator environment into $(SIM_VENV) (about 50 s the first time)"
+	$(SIM_VENV)/bin/pip install $(PIP_FLAGS) -r sim/requirements.txt -r requirements-msgs.txt
+	@touch $@
+
+$(SIM_VENV)/.stamp-interfaces: $(SIM_VENV)/.stamp-deps $(MSG_SOURCES) scripts/build_interfaces.sh
+	scripts/build_interfaces.sh $(SIM_VENV)
+	@touch $@
+
+$(SIM_VENV)/.stamp-package: $(SIM_VENV)/.stamp-interfaces setup.py setup.cfg package.xml
+	$(SIM_VENV)/bin/pip install $(PIP_FLAGS) --no-deps --no-build-isolation -e .
+	@touch $@
+
+# ---- work
+lint: setup-main
+	$(VENV)/bin/ruff check .
+
+test: setup lint
+	AUTOPRUNE_REQUIRE_SIM=1 $(IN_ROS_ENV) $(VENV)/bin/python -m pytest
+
+demo: setup
+	$(IN_ROS_ENV) $(VENV)/bin/autoprune-demo
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache *.egg-info results/demo
+
+distclean: clean
+	rm -rf $(VENV) $(SIM_VENV)

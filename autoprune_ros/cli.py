@@ -1,0 +1,26 @@
+"""Small helpers shared by the console scripts."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def not_built_yet(prog: str, what: str, issue: str) -> int:
+    """Say that a command exists but its capability has not landed yet; exit status 2."""
+    print(f"{prog}: not built yet: {what} lands with the issue \"{issue}\".", file=sys.stderr)
+    return 2
+
+
+def write_json(path: Path, data: object) -> Path:
+    """Write `data` as indented JSON, creating the parent folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
+    """A GitHub-flavoured Markdown table (also readable as plain text)."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
