@@ -18,7 +18,7 @@ import rclpy
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from nav_msgs.msg import Odometry, Path
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
@@ -35,13 +35,10 @@ FRAME_STATS_TOPIC = "/autoprune/frame_stats"
 CONTROL_TOPICS = {"carla": "/carla/hero/vehicle_control_cmd", "ackermann": "/autoprune/ackermann_cmd"}
 
 
-def _describe(text: str, *, read_only: bool = False, int_range: tuple[int, int] | None = None,
-              float_range: tuple[float, float] | None = None) -> ParameterDescriptor:
+def _describe(text: str, *, read_only: bool = False, int_range: tuple[int, int] | None = None) -> ParameterDescriptor:
     descriptor = ParameterDescriptor(description=text, read_only=read_only)
     if int_range:
         descriptor.integer_range = [IntegerRange(from_value=int_range[0], to_value=int_range[1], step=1)]
-    if float_range:
-        descriptor.floating_point_range = [FloatingPointRange(from_value=float_range[0], to_value=float_range[1])]
     return descriptor
 
 
@@ -60,7 +57,6 @@ PARAMETERS = {
     "ego_frame_id": ("hero", _describe("frame_id of the trajectory (ego frame, x forward, y left)",
                                        read_only=True)),
     "instruction": ("follow the lane", _describe("instruction used until one arrives on /autoprune/instruction")),
-    "max_steer_angle": (0.7, _describe("rad at steer = 1, for the Ackermann output", float_range=(0.01, 1.57))),
 }
 
 
@@ -202,9 +198,10 @@ class AutoPruneNode(Node):
         self.control_pub.publish(self._control(Action.safe_stop(self.last_steer), header))
 
     def _control(self, action: Action, header: Header):
-        if self.get_parameter("control_interface").value == "carla":
+        if self.interface == "carla":
             return carla_control(action, header)
-        return ackermann_control(action, header, self.get_parameter("max_steer_angle").value)
+        # steer was normalised by the policy's controller; its road-wheel angle at |steer| = 1 converts back.
+        return ackermann_control(action, header, self.policy.controller.max_steer_angle)
 
     def _age_ms(self, stamp: Time) -> float:
         return (self.get_clock().now().nanoseconds - (stamp.sec * 1_000_000_000 + stamp.nanosec)) / 1e6
