@@ -1,4 +1,5 @@
-"""Vision-language-action driving policy: model building and loading, action head, controller, `VLAPolicy`.
+"""Vision-language-action driving policy: model building and loading, action head, controller, `VLAPolicy`,
+and the pruned prefill (`prefill`, `generate`) for LLaVA and Qwen2-VL models.
 
 Names are imported lazily, so `from autoprune_ros.vla.action import Action` (numpy only) does not pay for
 importing torch and transformers.
@@ -20,6 +21,11 @@ _EXPORTS = {
     "validate_model_config": "builder",
     "save_vla": "builder",
     "load_vla": "builder",
+    "prefill": "pruned_prefill",
+    "generate": "pruned_prefill",
+    "PrefillResult": "pruned_prefill",
+    "PrefillStats": "pruned_prefill",
+    "PruningSession": "pruned_prefill",
 }
 
 __all__ = [
@@ -28,10 +34,15 @@ __all__ = [
     "PolicyOutput",
     "VLAPolicy",
     "WaypointController",
+    "PrefillResult",
+    "PrefillStats",
+    "PruningSession",
     "build_tiny_vla",
     "build_tokenizer",
+    "generate",
     "load_model_config",
     "load_vla",
+    "prefill",
     "save_vla",
     "validate_model_config",
 ]
@@ -42,6 +53,7 @@ if TYPE_CHECKING:
     from .builder import build_tiny_vla, load_model_config, load_vla, save_vla, validate_model_config
     from .controller import WaypointController
     from .policy import PolicyOutput, VLAPolicy
+    from .pruned_prefill import PrefillResult, PrefillStats, PruningSession, generate, prefill
     from .tokenizer import build_tokenizer
 
 
