@@ -5,8 +5,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from autoprune_ros.cli import not_built_yet
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="autoprune-bench", description=__doc__)
@@ -18,14 +16,32 @@ def main(argv: list[str] | None = None) -> int:
     dds.add_argument("--width", type=int, default=640)
     dds.add_argument("--height", type=int, default=480)
     dds.add_argument("--output-dir", type=Path, default=Path("results/bench"), help="where dds.json goes")
-    sub.add_parser("prefill", help="prefill latency of NoPrune, AutoPrune, FastV and PDrop at equal budgets")
+    pre = sub.add_parser("prefill", help="prefill latency of NoPrune, AutoPrune, FastV and PDrop at equal budgets, "
+                         "against the FLOPs-predicted speedup")
+    pre.add_argument("--config", type=Path, default=None,
+                     help="model shape YAML (default: config/bench/llava_small.yaml; the 7B shape is "
+                     "config/bench/llava_1_5_7b.yaml, for a GPU)")
+    pre.add_argument("--device", default="cpu", help="cpu or cuda")
+    pre.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
+    pre.add_argument("--budgets", type=int, nargs="+", default=[192, 128, 64], help="average visual tokens")
+    pre.add_argument("--reps", type=int, default=5, help="timed runs per configuration (median reported)")
+    pre.add_argument("--warmup", type=int, default=2)
+    pre.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    pre.add_argument("--output-dir", type=Path, default=Path("results/bench"), help="where prefill.json goes")
     args = parser.parse_args(argv)
     if args.bench == "dds":
         from autoprune_ros.bench.transport import run_transport_bench
 
         return run_transport_bench(args.frames, args.rate, args.width, args.height, args.output_dir)
-    return not_built_yet("autoprune-bench prefill", "the prefill benchmark",
-                         "AutoPrune engine for transformers VLMs, with FastV and PDrop baselines")
+    import torch
+
+    from autoprune_ros.bench.prefill import run_prefill_bench
+    from autoprune_ros.paths import config_path
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = args.config or config_path("bench", "llava_small.yaml")
+    return run_prefill_bench(config, args.device, args.dtype, args.budgets, args.reps, args.warmup, args.output_dir)
 
 
 if __name__ == "__main__":
