@@ -6,7 +6,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tiny_vlms import tiny_llava, tiny_qwen2_vl
 
 from autoprune_ros.pruning.policies import (
     AutoPrune,
@@ -20,10 +19,12 @@ from autoprune_ros.pruning.policies import (
     Rows,
 )
 from autoprune_ros.pruning.schedule import plan_token_counts
-from autoprune_ros.vla import generate, prefill
+from autoprune_ros.vla import PruningSession, generate, prefill
 from autoprune_ros.vla.families import detect_family
 
-FAMILIES = {"llava": tiny_llava, "qwen2_vl": tiny_qwen2_vl}
+from tiny_vlms import tiny_llava, tiny_qwen2_5_vl, tiny_qwen2_vl
+
+FAMILIES = {"llava": tiny_llava, "qwen2_vl": tiny_qwen2_vl, "qwen2_5_vl": tiny_qwen2_5_vl}
 
 
 class RecordRows(PruningPolicy):
@@ -89,7 +90,7 @@ def test_rows_from_q_and_k_equal_eager_attention(family: str) -> None:
         torch.testing.assert_close(policy.rows[layer], expected, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize(("family", "budget"), [("llava", 64), ("llava", 22), ("qwen2_vl", 12)])
+@pytest.mark.parametrize(("family", "budget"), [("llava", 64), ("llava", 22), ("qwen2_vl", 12), ("qwen2_5_vl", 12)])
 def test_autoprune_keeps_exactly_the_planned_counts(family: str, budget: int) -> None:
     model, inputs = FAMILIES[family]()
     result = prefill(model, inputs, AutoPrune(budget=budget))
@@ -104,6 +105,20 @@ def test_autoprune_keeps_exactly_the_planned_counts(family: str, budget: int) ->
     assert [cache.get_seq_length(i) for i in range(layers)] == stats.seq_lens
     assert stats.flops < stats.flops_unpruned
     assert torch.isfinite(result.logits).all()
+
+
+def test_vision_cls_scores_equal_eager_clip_attention() -> None:
+    """Layer 0's hybrid score uses the [CLS] row of the vision layer LLaVA takes its features from."""
+    model, inputs = tiny_llava(attn="eager")
+    family = detect_family(model)
+    with torch.inference_mode(), PruningSession(model, RecordRows(), inputs["input_ids"]) as session:
+        model(**inputs, logits_to_keep=1)
+        vision = model.model.vision_tower(inputs["pixel_values"], output_attentions=True)
+    layer = list(model.model.vision_tower.encoder.layers).index(
+        next(m for m in model.model.vision_tower.encoder.layers if m.self_attn is family.vision_cls_attention))
+    assert layer == len(vision.attentions) - 2  # vision_feature_layer = -2
+    expected = vision.attentions[layer][0, :, 0, 1:].mean(dim=0)
+    torch.testing.assert_close(session.cls_attention, expected, atol=1e-6, rtol=0)
 
 
 def test_faithful_defaults() -> None:
