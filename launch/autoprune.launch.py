@@ -8,11 +8,12 @@ Kept thin on purpose: machines without launch_ros start the same node with `auto
 import os
 
 from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from launch import LaunchDescription
+DEFAULT_CAMERA = "/carla/hero/rgb_front/image"  # the first of the node's default camera_topics
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -21,8 +22,8 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "autoprune.yaml"),
                               description="node parameters (YAML)"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
-        DeclareLaunchArgument("camera_topic", default_value="/carla/hero/rgb_front/image",
-                              description="camera image topic the node subscribes to"),
+        DeclareLaunchArgument("camera_topic", default_value=DEFAULT_CAMERA,
+                              description="remap the default front camera topic to this one"),
         DeclareLaunchArgument("control_interface", default_value="carla", description="carla | ackermann"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="follow /clock"),
     ]
@@ -35,10 +36,10 @@ def generate_launch_description() -> LaunchDescription:
         parameters=[
             LaunchConfiguration("params_file"),
             {
-                "camera_topic": LaunchConfiguration("camera_topic"),
                 "control_interface": LaunchConfiguration("control_interface"),
                 "use_sim_time": LaunchConfiguration("use_sim_time"),
             },
         ],
+        remappings=[(DEFAULT_CAMERA, LaunchConfiguration("camera_topic"))],
     )
     return LaunchDescription([*args, node])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from autoprune_ros.ros.node import PARAMETERS
+from autoprune_ros.ros.parameters import PARAMETERS
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH = REPO / "launch" / "autoprune.launch.py"
@@ -41,4 +41,11 @@ def test_default_params_file_exists_and_matches_the_node() -> None:
     config = yaml.safe_load((REPO / rel).read_text())
     assert set(config["/**"]["ros__parameters"]) <= set(PARAMETERS)
     for name, value in config["/**"]["ros__parameters"].items():
-        assert type(value) is type(PARAMETERS[name][0]), f"{name}: {value!r} has the wrong type"
+        assert type(value) is type(PARAMETERS[name].default), f"{name}: {value!r} has the wrong type"
+
+
+def test_camera_remap_targets_the_node_default_camera() -> None:
+    tree = ast.parse(LAUNCH.read_text())
+    default = next(n.value.value for n in tree.body
+                   if isinstance(n, ast.Assign) and n.targets[0].id == "DEFAULT_CAMERA")
+    assert default == PARAMETERS["camera_topics"].default[0]

@@ -134,8 +134,8 @@ def test_two_views_count_392_visual_tokens(fresh_policy: VLAPolicy, config: dict
 def test_instruction_changes_the_output(fresh_policy: VLAPolicy) -> None:
     frame = [_frame()]
     with torch.inference_mode():
-        left = fresh_policy._encode(frame, "turn left at the next intersection", 5.0)
-        stop = fresh_policy._encode(frame, "stop", 5.0)
+        left = fresh_policy._encode(frame, "turn left at the next intersection", 5.0)[0]
+        stop = fresh_policy._encode(frame, "stop", 5.0)[0]
     assert left.shape == (fresh_policy.model.config.text_config.hidden_size,)
     assert not torch.allclose(left, stop)
     fresh_policy.reset()
@@ -312,3 +312,17 @@ def test_action_module_imports_without_transformers() -> None:
     code = "import sys, autoprune_ros.vla.action, autoprune_ros.vla.controller; print('transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_act_with_pruning_reports_the_prefill(policy: VLAPolicy) -> None:
+    """The node prunes through act(): the kept counts follow the budget and the model still acts."""
+    from autoprune_ros.pruning import AutoPrune
+    from autoprune_ros.pruning.schedule import plan_token_counts
+
+    frame = np.random.default_rng(3).integers(0, 256, size=(240, 320, 3), dtype=np.uint8)
+    full = policy.act([frame], "follow the lane", 3.0)
+    pruned = policy.act([frame], "follow the lane", 3.0, pruning=AutoPrune(budget=22))
+    assert full.prefill.visual_tokens_per_layer == [196] * len(full.prefill.seq_lens)
+    stats = pruned.prefill
+    assert stats.visual_tokens_per_layer == plan_token_counts(len(stats.seq_lens), 196, 22, stats.slope)
+    assert stats.flops < full.prefill.flops and pruned.action.is_finite()

@@ -28,11 +28,22 @@ def main(argv: list[str] | None = None) -> int:
     pre.add_argument("--warmup", type=int, default=2)
     pre.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     pre.add_argument("--output-dir", type=Path, default=Path("results/bench"), help="where prefill.json goes")
+    lat = sub.add_parser("latency", help="end-to-end node latency at a camera rate (camera stamp -> command), "
+                         "with and without pruning, and the governor's deadline-miss rate")
+    lat.add_argument("--frames", type=int, default=100, help="frames per configuration (default 100)")
+    lat.add_argument("--rate", type=float, default=10.0, help="camera rate, Hz (default 10)")
+    lat.add_argument("--latency-budget-ms", type=float, default=100.0)
+    lat.add_argument("--threads", type=int, default=0, help="torch CPU threads in the node (0: torch default)")
+    lat.add_argument("--output-dir", type=Path, default=Path("results/bench"), help="where latency.json goes")
     args = parser.parse_args(argv)
     if args.bench == "dds":
         from autoprune_ros.bench.transport import run_transport_bench
 
         return run_transport_bench(args.frames, args.rate, args.width, args.height, args.output_dir)
+    if args.bench == "latency":
+        from autoprune_ros.bench.latency import run_latency_bench
+
+        return run_latency_bench(args.frames, args.rate, args.latency_budget_ms, args.threads, args.output_dir)
     import torch
 
     from autoprune_ros.bench.prefill import run_prefill_bench

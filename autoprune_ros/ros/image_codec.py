@@ -52,3 +52,33 @@ def from_image_msg(msg: Image) -> np.ndarray:
         return np.repeat(pixels, 3, axis=2)
     rgb = pixels[..., :3]
     return np.ascontiguousarray(rgb[..., ::-1] if msg.encoding.startswith("bgr") else rgb)
+
+
+def from_compressed_msg(msg) -> np.ndarray:
+    """Unpack a sensor_msgs/CompressedImage (JPEG or PNG, any format string naming one) into RGB uint8."""
+    import cv2
+
+    fmt = msg.format.lower()
+    if fmt and not any(name in fmt for name in ("jpeg", "jpg", "png")):
+        raise ImageDecodeError(f"unsupported compressed format {msg.format!r}; supported: jpeg, png")
+    if len(msg.data) == 0:
+        raise ImageDecodeError("empty compressed image")
+    pixels = cv2.imdecode(np.frombuffer(bytes(msg.data), dtype=np.uint8), cv2.IMREAD_COLOR)
+    if pixels is None:
+        raise ImageDecodeError(f"corrupt {msg.format or 'compressed'} data ({len(msg.data)} bytes) does not decode")
+    return np.ascontiguousarray(pixels[..., ::-1])
+
+
+def to_compressed_msg(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90):
+    """Pack an RGB uint8 array as a sensor_msgs/CompressedImage (header left for the caller)."""
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+
+    ext = {"jpeg": ".jpg", "png": ".png"}.get(fmt)
+    if ext is None:
+        raise ValueError(f"unsupported compressed format {fmt!r}: use jpeg or png")
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if fmt == "jpeg" else []
+    ok, buf = cv2.imencode(ext, np.ascontiguousarray(rgb[..., ::-1]), params)
+    if not ok:
+        raise ValueError(f"cannot encode a {rgb.shape} image as {fmt}")
+    return CompressedImage(format=fmt, data=buf.tobytes())

@@ -1,129 +1,142 @@
-"""The `autoprune` node: camera frames in, the VLA policy on its own thread, stamped driving commands out.
+"""The `autoprune` lifecycle node: cameras in, the VLA pruned to a latency budget on its own thread, commands out.
 
-Every output answers one camera frame and carries that frame's `header.stamp`. The newest frame always wins:
-frames arriving during inference replace the pending one and are counted as dropped-stale. A frame that
-cannot be decoded or a policy that fails yields a safe stop (no throttle, full brake, steering held) for that
-frame, and the node keeps running.
+Lifecycle: configure loads the model, warms it up and calibrates the latency model; activate starts commanding;
+deactivate commands a final safe stop; cleanup frees the model. `autostart` runs configure + activate at start.
+
+Every output answers one camera frame set and carries the primary camera's `header.stamp`. The newest set
+always wins: sets arriving during inference replace the pending one (dropped-stale). A safety watchdog at
+`control_rate_hz` commands safe stops (no throttle, full brake, steering held) while the primary camera is
+silent, an inference runs past the hard deadline, or the last frame failed (undecodable image, model fault,
+non-finite action); the first good answer ends it, without a restart.
 """
 from __future__ import annotations
 
+import gc
 import math
 import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
+import numpy as np
 import rclpy
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from nav_msgs.msg import Odometry, Path
-from rcl_interfaces.msg import IntegerRange, ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.signals import SignalHandlerOptions
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 
-from autoprune_ros.ros.image_codec import ImageDecodeError, from_image_msg
-from autoprune_ros.ros.outputs import CONTROL_INTERFACES, ackermann_control, carla_control, trajectory
-from autoprune_ros.ros.qos import RELIABILITY, latched_qos, stream_qos
+from autoprune_ros.ros.image_codec import ImageDecodeError, from_compressed_msg, from_image_msg
+from autoprune_ros.ros.outputs import ackermann_control, carla_control, trajectory
+from autoprune_ros.ros.parameters import PARAMETERS, check_change
+from autoprune_ros.ros.qos import latched_qos, stream_qos
+from autoprune_ros.runtime.frame_sync import FrameSync, ViewSet
 from autoprune_ros.runtime.latest_frame import LatestFrame
 from autoprune_ros.vla.action import Action
 
 FRAME_STATS_TOPIC = "/autoprune/frame_stats"
 CONTROL_TOPICS = {"carla": "/carla/hero/vehicle_control_cmd", "ackermann": "/autoprune/ackermann_cmd"}
+LATENCY_WINDOW = 200  # frames in the rolling latency percentiles of /diagnostics
 
 
-def _describe(text: str, *, read_only: bool = False, int_range: tuple[int, int] | None = None) -> ParameterDescriptor:
-    descriptor = ParameterDescriptor(description=text, read_only=read_only)
-    if int_range:
-        descriptor.integer_range = [IntegerRange(from_value=int_range[0], to_value=int_range[1], step=1)]
-    return descriptor
+def _stamp_ns(stamp: Time) -> int:
+    return stamp.sec * 1_000_000_000 + stamp.nanosec
 
 
-# name: (default, descriptor). read_only ones are fixed at start; the others change at run time.
-PARAMETERS = {
-    "model": ("tiny", _describe("'tiny' (built from config/models/tiny_llava.yaml) or a folder written by "
-                                "save_vla (safetensors only)", read_only=True)),
-    "seed": (0, _describe("weight seed for models built from config", read_only=True, int_range=(0, 2**31 - 1))),
-    "device": ("cpu", _describe("'cpu' or 'cuda'", read_only=True)),
-    "num_threads": (0, _describe("torch CPU threads; 0 keeps torch's default", read_only=True, int_range=(0, 256))),
-    "camera_topic": ("/carla/hero/rgb_front/image", _describe("sensor_msgs/Image input", read_only=True)),
-    "image_qos_reliability": ("best_effort", _describe(f"one of {sorted(RELIABILITY)}", read_only=True)),
-    "image_qos_depth": (1, _describe("camera subscription depth; 1 = latest frame only", read_only=True,
-                                     int_range=(1, 100))),
-    "control_interface": ("carla", _describe(f"one of {list(CONTROL_INTERFACES)}", read_only=True)),
-    "ego_frame_id": ("hero", _describe("frame_id of the trajectory (ego frame, x forward, y left)",
-                                       read_only=True)),
-    "instruction": ("follow the lane", _describe("instruction used until one arrives on /autoprune/instruction")),
-}
+def _stamp(ns: int) -> Time:
+    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
 
 
 @dataclass
-class _Counters:
+class _Health:
     frames: int = 0
     malformed: int = 0
     model_faults: int = 0
+    deadline_misses: int = 0
+    hard_deadline_misses: int = 0
+    safe_stops: int = 0
+    failing: str = ""  # why the last frame failed; "" once a frame succeeds
     last_error: str = ""
-    last_latency_ms: float = float("nan")
+    budget: float | None = None
+    governor_feasible: bool = True
+    governor_reason: str = ""
+    missing_cameras: list[str] = field(default_factory=list)
+    unsynced_cameras: list[str] = field(default_factory=list)
+    latencies: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+    inference_started: float | None = None  # monotonic time the running inference's frame arrived
 
 
-class AutoPruneNode(Node):
-    """Loads the policy, then subscribes; inference runs on a worker thread fed by a latest-frame slot."""
-
+class AutoPruneNode(LifecycleNode):
     def __init__(self, **kwargs) -> None:
         super().__init__("autoprune", **kwargs)
-        for name, (default, descriptor) in PARAMETERS.items():
-            self.declare_parameter(name, default, descriptor)
-        self._check_startup_parameters()
+        for name, spec in PARAMETERS.items():
+            self.declare_parameter(name, spec.default, spec.descriptor())
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        get = self.get_parameter
-        self.instruction = get("instruction").value
+        self.pipeline = None
+        self.health = _Health()
+        self.instruction = self._param("instruction")
         self.speed_mps = 0.0
         self.last_steer = 0.0
-        self.counters = _Counters()
-        self.policy = self._load_policy()
-
-        self.interface = get("control_interface").value
+        self.active = False
+        self._inputs: list = []
+        self._worker: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.frames: LatestFrame[tuple[ViewSet, float]] = LatestFrame()
+        self.faulted = False  # configure failed: command safe stops until a configure succeeds
+        self.sync: FrameSync | None = None
+        self.camera_topics = list(self._param("camera_topics"))
+        # The command publisher and the watchdog live as long as the node, so that a node whose configure failed
+        # can still command safe stops; a node deactivated on purpose stays silent.
+        self.interface = self._param("control_interface")
+        self.max_steer = 0.0
         control_type = type(self._control(Action.safe_stop(), Header()))
         self.control_pub = self.create_publisher(control_type, CONTROL_TOPICS[self.interface], 10)
-        self.trajectory_pub = self.create_publisher(Path, "/autoprune/trajectory", 10)
-        self.stats_pub = self.create_publisher(DiagnosticStatus, FRAME_STATS_TOPIC, 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-
-        self.frames: LatestFrame[Image] = LatestFrame()
-        self.create_subscription(Image, get("camera_topic").value, self.frames.put,
-                                 stream_qos(get("image_qos_reliability").value, get("image_qos_depth").value))
-        self.create_subscription(String, "/autoprune/instruction", self._on_instruction, latched_qos())
-        self.create_subscription(Odometry, "/carla/hero/odometry", self._on_odometry, stream_qos("best_effort", 1))
         self.create_timer(1.0, self._publish_diagnostics)
-        self._stopping = threading.Event()
-        self._worker = threading.Thread(target=self._run, name="autoprune-inference", daemon=True)
-        self._worker.start()
-        self.get_logger().info(f"ready: {get('camera_topic').value} -> {CONTROL_TOPICS[self.interface]} "
-                               f"({self.interface}), instruction {self.instruction!r}")
+        self.create_timer(1.0 / self._param("control_rate_hz"), self._watchdog)
 
-    # ---- set-up
-    def _check_startup_parameters(self) -> None:
-        get = self.get_parameter
-        checks = {
-            "device": get("device").value in ("cpu", "cuda"),
-            "image_qos_reliability": get("image_qos_reliability").value in RELIABILITY,
-            "control_interface": get("control_interface").value in CONTROL_INTERFACES,
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError("invalid parameters: " + ", ".join(
-                f"{n}={get(n).value!r} ({PARAMETERS[n][1].description})" for n in bad))
+    def _param(self, name: str):
+        return self.get_parameter(name).value
 
-    def _on_set_parameters(self, params) -> SetParametersResult:
-        for param in params:
-            if param.name == "instruction":
-                if not str(param.value).strip():
-                    return SetParametersResult(successful=False, reason="instruction must not be empty")
-                self.instruction = str(param.value)
-        return SetParametersResult(successful=True)
+    # ---- lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._configure()
+        except Exception as exc:  # a bad model path or parameter must leave the node unconfigured, not dead
+            self.health.last_error = f"configure failed: {type(exc).__name__}: {exc}"
+            self.get_logger().error(f"{self.health.last_error}; fix the parameter and configure again "
+                                    "(commanding safe stops meanwhile)")
+            self._release()
+            self.faulted = True
+            return TransitionCallbackReturn.FAILURE
+        self.faulted = False
+        return TransitionCallbackReturn.SUCCESS
+
+    def _configure(self) -> None:
+        from autoprune_ros.runtime.pipeline import FramePipeline
+
+        topics = self.camera_topics
+        if not topics:
+            raise ValueError("camera_topics is empty: name at least one camera topic")
+        policy = self._load_policy()
+        self.max_steer = policy.controller.max_steer_angle
+        self.pipeline = FramePipeline(policy, self._param("pruning_policy"), self._make_governor(policy),
+                                      complexity_aware=self._param("complexity_aware"))
+        self._calibrate()
+        self.trajectory_pub = self.create_lifecycle_publisher(Path, "/autoprune/trajectory", 10)
+        self.stats_pub = self.create_lifecycle_publisher(DiagnosticStatus, FRAME_STATS_TOPIC, 10)
+        self._inputs.append(self.create_subscription(String, "/autoprune/instruction", self._on_instruction,
+                                                            latched_qos()))
+        self._inputs.append(self.create_subscription(Odometry, "/carla/hero/odometry", self._on_odometry,
+                                                            stream_qos("best_effort", 1)))
+        self.get_logger().info(f"configured: {', '.join(topics)} -> {CONTROL_TOPICS[self.interface]}, policy "
+                               f"{self._param('pruning_policy')}, latency budget {self._param('latency_budget_ms')} ms")
 
     def _load_policy(self):
         import torch
@@ -131,25 +144,165 @@ class AutoPruneNode(Node):
         from autoprune_ros.paths import config_path
         from autoprune_ros.vla.builder import build_tiny_vla, load_vla
 
-        get = self.get_parameter
-        if get("num_threads").value:
-            torch.set_num_threads(get("num_threads").value)
-        device = get("device").value
+        if self._param("num_threads"):
+            torch.set_num_threads(self._param("num_threads"))
+        device, dtype = self._param("device"), getattr(torch, self._param("dtype"))
         if device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device is 'cuda' but torch sees no CUDA GPU: set device:=cpu or check the driver")
-        model = get("model").value
+        model = self._param("model")
         start = time.perf_counter()
         if model == "tiny":
-            policy = build_tiny_vla(config_path("models", "tiny_llava.yaml"), seed=get("seed").value)
+            policy = build_tiny_vla(config_path("models", "tiny_llava.yaml"), seed=self._param("seed"))
         else:
             policy = load_vla(model)
-        policy.to(device)
+        policy.to(device, dtype)
         policy.warmup()
-        self.get_logger().info(f"model {model!r} loaded and warmed up on {device} in "
+        self.get_logger().info(f"model {model!r} loaded and warmed up on {device} ({self._param('dtype')}) in "
                                f"{time.perf_counter() - start:.1f} s")
         return policy
 
+    def _make_governor(self, policy):
+        from autoprune_ros.runtime.governor import LatencyGovernor
+
+        num_visual = policy.visual_tokens_per_image * len(self._param("camera_topics"))
+        return LatencyGovernor(self._param("latency_budget_ms"), min(self._param("min_token_budget"), num_visual),
+                               min(self._param("max_token_budget"), num_visual),
+                               policy.model.config.text_config.num_hidden_layers,
+                               complexity_aware=self._param("complexity_aware"))
+
+    def _calibrate(self) -> None:
+        """Seed the latency model with a few frames at the smallest, middle and largest budgets."""
+        frames = self._param("calibration_frames")
+        governor = self.pipeline.governor
+        if not frames or self.pipeline.policy_name == "none":
+            return
+        views = [np.full((480, 640, 3), 127, np.uint8)] * len(self.camera_topics)
+        low, high = governor.min_tokens, governor.max_tokens
+        samples = []
+        for budget in sorted({low, (low + high) // 2, high}):
+            for _ in range(frames):
+                out = self.pipeline.step(views, self.instruction, 0.0, budget=budget).output
+                samples.append((budget, out.timings_ms["model"]))
+        governor.calibrate(samples)
+        self.pipeline.policy.reset()
+
+    def _subscribe_cameras(self) -> None:
+        """Camera inputs exist only while active: publishers see no subscriber until the node can answer."""
+        topics = self.camera_topics
+        self.sync = FrameSync(len(topics), int(self._param("camera_sync_tolerance_ms") * 1e6),
+                              int(self._param("camera_timeout_s") * 1e9))
+        qos = stream_qos(self._param("image_qos_reliability"), self._param("image_qos_depth"))
+        self._cameras = []
+        for index, topic in enumerate(topics):
+            msg_type = CompressedImage if topic.rstrip("/").endswith("/compressed") else Image
+            self._cameras.append(self.create_subscription(msg_type, topic,
+                                                          lambda msg, i=index: self._on_camera(i, msg), qos))
+
+    def _unsubscribe_cameras(self) -> None:
+        for sub in getattr(self, "_cameras", []):
+            self.destroy_subscription(sub)
+        self._cameras = []
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stopping.clear()
+        self.frames = LatestFrame()
+        self._subscribe_cameras()
+        self._worker = threading.Thread(target=self._run, name="autoprune-inference", daemon=True)
+        self._worker.start()
+        self.active = True
+        self.health.failing = ""
+        self.get_logger().info("active: commanding")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._safe_stop(self._now_ns(), "deactivated")  # before the publishers go inactive
+        self._stop_worker()
+        self._unsubscribe_cameras()
+        self.get_logger().info("inactive: commanded a final safe stop")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self.get_logger().info("cleaned up: model released")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self.active:
+            self._safe_stop(self._now_ns(), "shutting down")
+            self._stop_worker()
+            self._unsubscribe_cameras()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.get_logger().error(f"lifecycle error in state {state.label}; releasing resources")
+        self._stop_worker()
+        self._unsubscribe_cameras()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_worker(self) -> None:
+        self.active = False
+        self._stopping.set()
+        self.frames.close()
+        if self._worker is not None:
+            self._worker.join(timeout=10.0)
+            self._worker = None
+
+    def _release(self) -> None:
+        for sub in self._inputs:
+            self.destroy_subscription(sub)
+        self._inputs.clear()
+        for name in ("trajectory_pub", "stats_pub"):
+            pub = getattr(self, name, None)
+            if pub is not None:
+                self.destroy_lifecycle_publisher(pub)
+                setattr(self, name, None)
+        if self.pipeline is not None:
+            self.pipeline = None
+            gc.collect()
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    # ---- parameters
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        current = {name: self._param(name) for name in PARAMETERS}
+        for param in params:
+            reason = check_change(param.name, param.value, current)
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+            current[param.name] = param.value
+        for param in params:
+            self._apply(param.name, param.value, current)
+        return SetParametersResult(successful=True)
+
+    def _apply(self, name: str, value, current: dict) -> None:
+        if name == "instruction":
+            self.instruction = value
+        if self.pipeline is None:
+            return
+        governor = self.pipeline.governor
+        if name == "pruning_policy":
+            self.pipeline.set_policy(value)
+        elif name == "latency_budget_ms":
+            governor.set_latency_budget(value)
+        elif name in ("min_token_budget", "max_token_budget"):
+            cap = self.pipeline.visual_tokens(len(self.camera_topics))
+            governor.set_limits(min(current["min_token_budget"], cap), min(current["max_token_budget"], cap))
+        elif name == "complexity_aware":
+            self.pipeline.complexity_aware = value
+            governor.complexity_aware = value
+
     # ---- callbacks (executor thread; never block)
+    def _on_camera(self, index: int, msg) -> None:
+        if not self.active:
+            return
+        view_set = self.sync.add(index, _stamp_ns(msg.header.stamp), time.monotonic_ns(), msg)
+        if view_set is not None:
+            self.frames.put((view_set, time.monotonic()))
+
     def _on_instruction(self, msg: String) -> None:
         if msg.data.strip():
             self.instruction = msg.data
@@ -157,107 +310,191 @@ class AutoPruneNode(Node):
 
     def _on_odometry(self, msg: Odometry) -> None:
         v = msg.twist.twist.linear
-        self.speed_mps = math.hypot(v.x, v.y)
+        speed = math.hypot(v.x, v.y)
+        if math.isfinite(speed):
+            self.speed_mps = speed
 
     # ---- inference thread
     def _run(self) -> None:
         while not self._stopping.is_set():
-            msg = self.frames.take(timeout=0.2)
-            if msg is not None:
-                self._answer(msg)
+            item = self.frames.take(timeout=0.2)
+            if item is not None:
+                self._answer(*item)
 
-    def _answer(self, msg: Image) -> None:
+    def _answer(self, view_set: ViewSet, arrived: float) -> None:
+        health = self.health
+        health.inference_started = arrived
         try:
-            rgb = from_image_msg(msg)
-        except ImageDecodeError as exc:
-            self.counters.malformed += 1
-            self._fail(msg.header, f"rejected camera frame: {exc}")
-            return
-        try:
-            out = self.policy.act([rgb], self.instruction, self.speed_mps)
-        except Exception as exc:  # any model fault must end in a safe stop, not a dead thread
-            self.counters.model_faults += 1
-            self._fail(msg.header, f"policy failed: {type(exc).__name__}: {exc}")
-            return
-        action = out.action
+            decode_start = time.perf_counter()
+            try:
+                views = [from_compressed_msg(m) if isinstance(m, CompressedImage) else from_image_msg(m)
+                         for m in view_set.views]
+            except ImageDecodeError as exc:
+                health.malformed += 1
+                self._fail(view_set.stamp_ns, f"rejected camera frame: {exc}")
+                return
+            pre_ms = (time.perf_counter() - decode_start) * 1e3
+            health.missing_cameras = [self.camera_topics[i] for i in view_set.missing]
+            health.unsynced_cameras = [self.camera_topics[i] for i in view_set.unsynced]
+            try:
+                result = self.pipeline.step(views, self.instruction, self.speed_mps, pre_ms=pre_ms,
+                                            dt=1.0 / self._param("control_rate_hz"))
+            except Exception as exc:  # any model fault must end in a safe stop, not a dead thread
+                health.model_faults += 1
+                self._fail(view_set.stamp_ns, f"policy failed: {type(exc).__name__}: {exc}")
+                return
+            self._publish_result(view_set, arrived, result)
+        finally:
+            health.inference_started = None
+
+    def _publish_result(self, view_set: ViewSet, arrived: float, result) -> None:
+        health = self.health
+        action = result.output.action
         if not action.is_finite():
-            self.counters.model_faults += 1
-            self._fail(msg.header, "policy returned a non-finite action")
+            health.model_faults += 1
+            self._fail(view_set.stamp_ns, "policy returned a non-finite action")
             return
+        pipeline_ms = (time.monotonic() - arrived) * 1e3
+        if pipeline_ms > self._param("hard_deadline_ms"):
+            health.hard_deadline_misses += 1
+            self._fail(view_set.stamp_ns, f"answer took {pipeline_ms:.0f} ms, past the hard deadline "
+                       f"({self._param('hard_deadline_ms'):.0f} ms)")
+            return
+        header = Header(stamp=_stamp(view_set.stamp_ns), frame_id=self._param("ego_frame_id"))
+        self.control_pub.publish(self._control(action, header))
+        self.trajectory_pub.publish(trajectory(action, header.stamp, self._param("ego_frame_id")))
         self.last_steer = action.steer
-        self.control_pub.publish(self._control(action, msg.header))
-        self.trajectory_pub.publish(trajectory(action, msg.header.stamp, self.get_parameter("ego_frame_id").value))
-        self.counters.frames += 1
-        latency_ms = self._age_ms(msg.header.stamp)
-        self.counters.last_latency_ms = latency_ms
-        self._publish_frame_stats(msg.header.stamp, latency_ms, out, action)
+        missed = pipeline_ms > self._param("latency_budget_ms")
+        health.deadline_misses += missed
+        health.frames += 1
+        health.failing = ""
+        health.budget, health.governor_feasible = result.budget, result.governor_feasible
+        health.governor_reason = result.governor_reason
+        latency_ms = (self._now_ns() - view_set.stamp_ns) / 1e6
+        health.latencies.append(pipeline_ms)
+        self._publish_frame_stats(view_set, result, latency_ms, pipeline_ms, missed)
 
-    def _fail(self, header: Header, reason: str) -> None:
-        self.counters.last_error = reason
+    def _fail(self, stamp_ns: int, reason: str) -> None:
+        self.health.failing = self.health.last_error = reason
         self.get_logger().warning(f"{reason}; commanding a safe stop", throttle_duration_sec=1.0)
+        self._safe_stop(stamp_ns, reason)
+
+    def _safe_stop(self, stamp_ns: int, reason: str) -> None:
+        self.health.safe_stops += 1
+        header = Header(stamp=_stamp(stamp_ns), frame_id=self._param("ego_frame_id"))
         self.control_pub.publish(self._control(Action.safe_stop(self.last_steer), header))
 
     def _control(self, action: Action, header: Header):
         if self.interface == "carla":
             return carla_control(action, header)
         # steer was normalised by the policy's controller; its road-wheel angle at |steer| = 1 converts back.
-        return ackermann_control(action, header, self.policy.controller.max_steer_angle)
+        return ackermann_control(action, header, self.max_steer)
 
-    def _age_ms(self, stamp: Time) -> float:
-        return (self.get_clock().now().nanoseconds - (stamp.sec * 1_000_000_000 + stamp.nanosec)) / 1e6
+    def _now_ns(self) -> int:
+        return self.get_clock().now().nanoseconds
 
-    def _publish_frame_stats(self, stamp: Time, latency_ms: float, out, action: Action) -> None:
+    # ---- watchdog (executor thread)
+    def _watchdog(self) -> None:
+        if self.faulted:
+            reason = self.health.last_error
+        elif self.active:
+            reason = self._unhealthy_reason()
+        else:
+            return
+        if reason:
+            self.get_logger().warning(f"{reason}; commanding a safe stop", throttle_duration_sec=2.0)
+            self._safe_stop(self._now_ns(), reason)
+
+    def _unhealthy_reason(self) -> str:
+        health = self.health
+        age = self.sync.age_ns(0, time.monotonic_ns())
+        if age is None or age > self._param("camera_timeout_s") * 1e9:
+            return f"no frame from {self.camera_topics[0]} for over {self._param('camera_timeout_s')} s"
+        started = health.inference_started
+        if started is not None and (time.monotonic() - started) * 1e3 > self._param("hard_deadline_ms"):
+            return f"inference running past the hard deadline ({self._param('hard_deadline_ms'):.0f} ms)"
+        return health.failing
+
+    # ---- reporting
+    def _publish_frame_stats(self, view_set: ViewSet, result, latency_ms: float, pipeline_ms: float,
+                             missed: bool) -> None:
+        out, action, stats = result.output, result.output.action, result.output.prefill
         values = {
-            "stamp": f"{stamp.sec}.{stamp.nanosec:09d}",
-            "latency_ms": f"{latency_ms:.2f}",
+            "stamp": f"{view_set.stamp_ns // 1_000_000_000}.{view_set.stamp_ns % 1_000_000_000:09d}",
+            "latency_ms": f"{latency_ms:.2f}", "pipeline_ms": f"{pipeline_ms:.2f}",
+            "deadline": "miss" if missed else "hit",
             **{f"{k}_ms": f"{v:.2f}" for k, v in out.timings_ms.items()},
+            "policy": result.policy, "budget": "" if result.budget is None else f"{result.budget:g}",
+            "governor": result.governor_reason,
             "visual_tokens": str(out.num_visual_tokens),
-            "dropped_stale": str(self.frames.dropped_stale),
+            "kept_tokens_per_layer": " ".join(map(str, stats.visual_tokens_per_layer)) if stats else "",
+            "complexity": "" if result.complexity is None else f"{result.complexity:.4f}",
+            "slope": "" if stats is None or stats.slope is None else f"{stats.slope:.4f}",
+            "flops_ratio": "" if stats is None else f"{stats.flops_ratio:.4f}",
+            "views": str(len(view_set.views)), "dropped_stale": str(self.frames.dropped_stale),
             "steer": f"{action.steer:.4f}", "throttle": f"{action.throttle:.4f}", "brake": f"{action.brake:.4f}",
             "target_speed": f"{action.target_speed:.3f}",
         }
         self.stats_pub.publish(DiagnosticStatus(
-            level=DiagnosticStatus.OK, name="autoprune: frame", message=f"frame {self.counters.frames}",
-            hardware_id=self.get_fully_qualified_name(),
+            level=DiagnosticStatus.WARN if missed else DiagnosticStatus.OK, name="autoprune: frame",
+            message=f"frame {self.health.frames}", hardware_id=self.get_fully_qualified_name(),
             values=[KeyValue(key=k, value=v) for k, v in values.items()]))
 
     def _publish_diagnostics(self) -> None:
-        c = self.counters
-        level, message = DiagnosticStatus.OK, "running"
-        if c.model_faults:
-            level, message = DiagnosticStatus.ERROR, f"model faults: {c.model_faults} (last: {c.last_error})"
-        elif c.malformed or self.frames.dropped_stale:
-            level, message = DiagnosticStatus.WARN, (f"{c.malformed} malformed frames, "
-                                                     f"{self.frames.dropped_stale} dropped as stale")
-        values = {"frames_answered": c.frames, "frames_received": self.frames.received,
-                  "dropped_stale": self.frames.dropped_stale, "malformed": c.malformed,
-                  "model_faults": c.model_faults, "last_latency_ms": f"{c.last_latency_ms:.2f}",
-                  "instruction": self.instruction}
-        status = DiagnosticStatus(level=level, name="autoprune: pipeline", message=message,
+        h = self.health
+        level, problems = DiagnosticStatus.OK, []
+        if h.failing or h.model_faults or h.hard_deadline_misses:
+            level = DiagnosticStatus.ERROR
+        if h.failing:
+            problems.append(h.failing)
+        if h.model_faults:
+            problems.append(f"{h.model_faults} model faults")
+        if h.hard_deadline_misses:
+            problems.append(f"{h.hard_deadline_misses} answers past the hard deadline")
+        for count, text in ((h.deadline_misses, "deadline misses"), (h.malformed, "malformed frames"),
+                            (self.frames.dropped_stale, "frames dropped as stale")):
+            if count:
+                problems.append(f"{count} {text}")
+                level = max(level, DiagnosticStatus.WARN)
+        if h.missing_cameras:
+            problems.append(f"cameras missing: {', '.join(h.missing_cameras)}")
+            level = max(level, DiagnosticStatus.WARN)
+        if not h.governor_feasible:
+            problems.append(f"latency budget infeasible: {h.governor_reason}")
+            level = max(level, DiagnosticStatus.WARN)
+        lat = np.array(h.latencies) if h.latencies else np.array([np.nan])
+        values = {
+            "state": "active" if self.active else ("inactive" if self.pipeline else "unconfigured"),
+            "frames_answered": h.frames, "frames_received": self.frames.received,
+            "dropped_stale": self.frames.dropped_stale, "malformed": h.malformed, "model_faults": h.model_faults,
+            "deadline_misses": h.deadline_misses, "hard_deadline_misses": h.hard_deadline_misses,
+            "safe_stops": h.safe_stops, "pipeline_ms_p50": f"{np.percentile(lat, 50):.2f}",
+            "pipeline_ms_p99": f"{np.percentile(lat, 99):.2f}", "token_budget": h.budget,
+            "governor": h.governor_reason, "unsynced_cameras": ", ".join(h.unsynced_cameras),
+            "instruction": self.instruction, "last_error": h.last_error,
+        }
+        if self.faulted:
+            level = DiagnosticStatus.ERROR
+            problems.insert(0, h.last_error)
+        status = DiagnosticStatus(level=level, name="autoprune: pipeline",
+                                  message="; ".join(problems) or ("running" if self.active else values["state"]),
                                   hardware_id=self.get_fully_qualified_name(),
                                   values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
         self.diag_pub.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()),
                                               status=[status]))
 
-    def shutdown(self) -> None:
-        """Stop the worker and command a final safe stop (stamped now: it answers no frame)."""
-        self._stopping.set()
-        self.frames.close()
-        self._worker.join(timeout=5.0)
-        stop_header = Header(stamp=self.get_clock().now().to_msg())
-        self.control_pub.publish(self._control(Action.safe_stop(self.last_steer), stop_header))
-
 
 HELP = """usage: autoprune_node [--ros-args -p name:=value ... -r from:=to ...]
 
-Runs a VLA driving policy on the newest camera frame and publishes stamped driving commands.
+Runs a VLA driving policy on the newest camera frames, pruned to a latency budget, and publishes stamped
+driving commands. A lifecycle node: with autostart:=false, drive it through its change_state service.
 
 parameters (defaults; read-only ones are fixed at start):
-""" + "\n".join(f"  {n:24s} {d!r:32s} {desc.description}{' [read-only]' if desc.read_only else ''}"
-                for n, (d, desc) in PARAMETERS.items()) + f"""
+""" + "\n".join(f"  {n:26s} {p.default!r:34s} {p.descriptor().description}{' [read-only]' if p.read_only else ''}"
+                for n, p in PARAMETERS.items()) + f"""
 
-topics: in  <camera_topic> (sensor_msgs/Image), /autoprune/instruction (std_msgs/String, transient local),
-            /carla/hero/odometry (nav_msgs/Odometry)
+topics: in  camera_topics (sensor_msgs/Image, or CompressedImage for .../compressed),
+            /autoprune/instruction (std_msgs/String, transient local), /carla/hero/odometry (nav_msgs/Odometry)
         out {CONTROL_TOPICS['carla']} (carla_msgs/CarlaEgoVehicleControl) or
             {CONTROL_TOPICS['ackermann']} (ackermann_msgs/AckermannDriveStamped),
             /autoprune/trajectory (nav_msgs/Path), {FRAME_STATS_TOPIC} (diagnostic_msgs/DiagnosticStatus),
@@ -275,20 +512,20 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    node = None
+    node = AutoPruneNode()
     try:
-        node = AutoPruneNode()
+        if node.get_parameter("autostart").value:
+            node.trigger_configure()
+            if node.pipeline is not None:
+                node.trigger_activate()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         while not stop.is_set() and rclpy.ok():
             executor.spin_once(timeout_sec=0.1)
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
-        print(f"autoprune_node: {exc}", file=sys.stderr)
-        return 1
     finally:
-        if node is not None:
-            node.shutdown()
-            node.destroy_node()
+        if node.active:
+            node.trigger_deactivate()
+        node.destroy_node()
         rclpy.try_shutdown()
     return 0
 

@@ -12,9 +12,12 @@ import numpy as np
 import torch
 from transformers import BatchFeature, LlavaForConditionalGeneration, LlavaProcessor
 
+from autoprune_ros.pruning.policies import NoPrune, PruningPolicy
+
 from .action import Action
 from .action_head import ActionHead
 from .controller import WaypointController
+from .pruned_prefill import PrefillStats, PruningSession
 
 _ALLOWED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -30,6 +33,7 @@ class PolicyOutput:
     action: Action
     num_visual_tokens: int
     timings_ms: dict[str, float]
+    prefill: PrefillStats | None = None  # kept tokens per layer, MI, slope, FLOPs of this frame's prefill
 
 
 def _elapsed_ms(start: float) -> float:
@@ -154,27 +158,30 @@ class VLAPolicy:
         return inputs
 
     def _encode(self, images: list[np.ndarray], instruction: str, speed_mps: float,
-                timings: dict[str, float] | None = None) -> torch.Tensor:
-        """Final-norm decoder hidden state of the last prompt token, shape (hidden,).
+                timings: dict[str, float] | None = None,
+                pruning: PruningPolicy | None = None) -> tuple[torch.Tensor, PrefillStats]:
+        """Final-norm decoder hidden state of the last prompt token, shape (hidden,), and the prefill statistics.
 
-        Runs the base LLaVA model only: no LM head, no per-layer hidden states, no KV cache. Writes the
-        preprocessing time into `timings['preprocess']` when given; a replacement may leave it out.
+        Runs the base LLaVA model only (no LM head, no per-layer hidden states, no KV cache), with visual tokens
+        pruned by `pruning` (default: none). Writes the preprocessing time into `timings['preprocess']`.
         """
         start = time.perf_counter()
         inputs = self.prepare_inputs(images, instruction, speed_mps)
         if timings is not None:
             timings["preprocess"] = _elapsed_ms(start)
-        outputs = self.model.model(
-            input_ids=inputs["input_ids"],
-            attention_mask=inputs["attention_mask"],
-            pixel_values=inputs["pixel_values"],
-            use_cache=False,
-        )
-        return outputs.last_hidden_state[0, -1]
+        with PruningSession(self.model, pruning or NoPrune(), inputs["input_ids"]) as session:
+            outputs = self.model.model(
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs["attention_mask"],
+                pixel_values=inputs["pixel_values"],
+                use_cache=False,
+            )
+        return outputs.last_hidden_state[0, -1], session.stats()
 
-    def act(self, images: Sequence[np.ndarray], instruction: str, speed_mps: float, dt: float = 0.1) -> PolicyOutput:
+    def act(self, images: Sequence[np.ndarray], instruction: str, speed_mps: float, dt: float = 0.1,
+            pruning: PruningPolicy | None = None) -> PolicyOutput:
         """One control step: HxWx3 uint8 RGB views (in prompt order), the instruction, ego speed (m/s) and the
-        control period `dt` (s) -> a clipped Action.
+        control period `dt` (s) -> a clipped Action. `pruning` prunes the visual tokens of this frame's prefill.
 
         Raises ValueError for malformed inputs and RuntimeError if the model produces non-finite outputs (the
         controller state is then left untouched).
@@ -189,7 +196,9 @@ class VLAPolicy:
         timings: dict[str, float] = {}
         start = time.perf_counter()
         with torch.inference_mode():
-            hidden = self._encode(views, text, speed, timings=timings)
+            hidden, prefill_stats = self._encode(views, text, speed, timings=timings, pruning=pruning)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)  # kernels are asynchronous: close the model's time here
             head_start = time.perf_counter()
             waypoints_t, speed_t = self.head(hidden.to(torch.float32))
             waypoints = waypoints_t.cpu().numpy()
@@ -203,7 +212,7 @@ class VLAPolicy:
         steer, throttle, brake = self.controller.command(waypoints, target_speed, speed, dt)
         action = Action(steer, throttle, brake, target_speed, waypoints).clipped()
         timings["head_and_control"] = _elapsed_ms(head_start)
-        return PolicyOutput(action, len(views) * self.visual_tokens_per_image, timings)
+        return PolicyOutput(action, len(views) * self.visual_tokens_per_image, timings, prefill_stats)
 
     def reset(self) -> None:
         """Reset the controller state (new episode / route)."""
