@@ -26,6 +26,7 @@ setup(
     # The closed-loop simulator code lives in sim/ and installs as the `autoprune_sim` package.
     packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]) + ["autoprune_sim"],
     package_dir={"autoprune_sim": "sim"},
+    package_data={"autoprune_sim": ["routes/*.xml"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (SHARE, ["package.xml"]),
