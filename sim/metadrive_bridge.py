@@ -1,0 +1,216 @@
+"""MetaDrive <-> ROS 2 bridge on the CARLA ROS topic contract, stepping synchronously (runs in .venv-sim).
+
+    .venv-sim/bin/python -m autoprune_sim.metadrive_bridge --seed 7 --ticks 300 --output result.json
+
+Each tick (0.1 s of sim time) publishes /clock, the front camera (rgb8), odometry, the route's next navigation
+command as the instruction, and a lane-state pseudo-sensor, all stamped with the tick's sim time; then waits for
+the CarlaEgoVehicleControl stamped with that time (or a timeout, counted) and steps the simulator with it.
+
+Modes (every result says which):
+- sync: the control answering tick t drives tick t; the simulator waits for the model, so latency never hurts;
+- latency: the control computed from tick t takes effect at tick t + ceil(latency / 0.1 s), the previous control
+  holding until then, latency being the node's measured pipeline time for that frame (its /autoprune/frame_stats,
+  else the wall time between publishing the frame and receiving the control), so a slow model drives worse.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import rclpy
+from carla_msgs.msg import CarlaEgoVehicleControl, CarlaStatus
+from diagnostic_msgs.msg import DiagnosticStatus
+from nav_msgs.msg import Odometry
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import Image
+from std_msgs.msg import Float32MultiArray, String
+
+from autoprune_sim import ros_contract as contract
+from autoprune_sim.control_delay import ControlDelay
+from autoprune_sim.metadrive_env import STEP_S, Route, ego_state, frame_rgb, make_env
+from autoprune_sim.metrics import (
+    COLLISION_LAYOUT,
+    COLLISION_VEHICLE,
+    OFF_ROAD,
+    ROUTE_TIMEOUT,
+    VEHICLE_BLOCKED,
+    Infraction,
+    ProgressTracker,
+    RouteResult,
+)
+
+LANE_STATE_TOPIC = "/metadrive/hero/lane_state"  # [lateral offset m (left +), heading error rad (left +), speed m/s]
+STUCK_TICKS = 300  # 30 s below 0.1 m/s after having moved: the route is abandoned as blocked
+NEUTRAL = (0.0, 0.0, 1.0)  # (steer, throttle, brake) before the first control arrives
+
+
+class MetaDriveBridge(Node):
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__("metadrive_bridge")
+        self.args = args
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.clock_pub = self.create_publisher(Clock, contract.CLOCK_TOPIC, 10)
+        self.image_pub = self.create_publisher(Image, contract.CAMERA_TOPIC, reliable)
+        self.odom_pub = self.create_publisher(Odometry, contract.ODOMETRY_TOPIC, 10)
+        self.instruction_pub = self.create_publisher(String, contract.INSTRUCTION_TOPIC, latched)
+        self.lane_pub = self.create_publisher(Float32MultiArray, LANE_STATE_TOPIC, 10)
+        self.status_pub = self.create_publisher(CarlaStatus, contract.STATUS_TOPIC, latched)
+        self.controls: dict[int, tuple[CarlaEgoVehicleControl, float]] = {}  # stamp ns -> (msg, arrival)
+        self.latencies_ms: dict[int, float] = {}
+        self.create_subscription(CarlaEgoVehicleControl, contract.CONTROL_TOPIC, self._on_control, 10)
+        self.create_subscription(DiagnosticStatus, "/autoprune/frame_stats", self._on_stats, 10)
+
+    def _on_control(self, msg: CarlaEgoVehicleControl) -> None:
+        self.controls[contract.stamp_ns(msg.header.stamp)] = (msg, time.monotonic())
+
+    def _on_stats(self, msg: DiagnosticStatus) -> None:
+        values = {kv.key: kv.value for kv in msg.values}
+        if "stamp" in values and "pipeline_ms" in values:
+            sec, nsec = values["stamp"].split(".")
+            self.latencies_ms[int(sec) * 1_000_000_000 + int(nsec)] = float(values["pipeline_ms"])
+
+
+def _md_action(control: tuple[float, float, float]) -> list[float]:
+    """CARLA (steer right +, throttle, brake) -> MetaDrive [steer left +, throttle - brake]."""
+    steer, throttle, brake = control
+    return [-max(-1.0, min(1.0, steer)), max(-1.0, min(1.0, throttle - brake))]
+
+
+def run(args: argparse.Namespace, stop_requested) -> RouteResult:
+    env = make_env(args.seed, args.map, args.width, args.height, args.traffic_density, horizon=args.ticks + 10)
+    node = MetaDriveBridge(args)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    delay = ControlDelay(STEP_S, args.mode, initial=NEUTRAL)
+    infractions: list[Infraction] = []
+    speeds, positions, latencies, timeouts, status = [], [], [], 0, "Failed - not started"
+    try:
+        obs = env.reset()
+        route = Route(env)
+        progress = ProgressTracker(route.segment_lengths)
+        node.status_pub.publish(CarlaStatus(frame=0, fixed_delta_seconds=STEP_S, synchronous_mode=True,
+                                            synchronous_mode_running=True))
+        instruction, still, tick, in_contact = None, 0, 0, set()
+        deadline = time.monotonic() + args.wait_for_node
+        while node.count_subscribers(contract.CAMERA_TOPIC) == 0 and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.1)  # the node subscribes its cameras once it is active
+        for tick in range(args.ticks):
+            if stop_requested():
+                status = "Failed - interrupted"
+                break
+            sim_time = tick * STEP_S
+            stamp = contract.stamp(sim_time)
+            key = contract.stamp_ns(stamp)
+            state = ego_state(env)
+            command = route.instruction(env)
+            if command != instruction:
+                node.instruction_pub.publish(String(data=command))
+                instruction = command
+            node.clock_pub.publish(contract.clock_msg(sim_time))
+            node.odom_pub.publish(contract.odometry_msg(state.x, state.y, state.yaw, state.speed, 0.0, 0.0, stamp))
+            node.lane_pub.publish(Float32MultiArray(data=[state.lateral_offset, state.heading_error, state.speed]))
+            published = time.monotonic()
+            node.image_pub.publish(contract.image_msg(frame_rgb(obs), "rgb8", stamp, contract.CAMERA_FRAME_ID))
+            wait_until = published + args.control_timeout
+            while key not in node.controls and time.monotonic() < wait_until:
+                executor.spin_once(timeout_sec=0.005)
+            if key in node.controls:
+                msg, arrived = node.controls.pop(key)
+                executor.spin_once(timeout_sec=0.0)
+                latency_ms = node.latencies_ms.pop(key, (arrived - published) * 1e3)
+                latencies.append(latency_ms)
+                steer, throttle, brake, *_ = contract.control_tuple(msg)
+                delay.submit(tick, (steer, throttle, brake), latency_ms / 1e3)
+            else:
+                timeouts += 1
+            obs, _, done, info = env.step(_md_action(delay.control_for(tick)))
+            speeds.append(state.speed)
+            positions.append((state.x, state.y))
+            index, lon = route.locate(env)
+            progress.update(index, lon)
+            for kind, flag in ((COLLISION_VEHICLE, "crash_vehicle"), (COLLISION_LAYOUT, "crash_object"),
+                               (COLLISION_LAYOUT, "crash_building")):
+                if info.get(flag) and flag not in in_contact:  # one infraction per collision, not per tick
+                    infractions.append(Infraction(kind, sim_time, flag))
+            in_contact = {flag for flag in ("crash_vehicle", "crash_object", "crash_building") if info.get(flag)}
+            if info.get("out_of_road"):
+                # The episode ends here, so route completion already stops; the penalty weighs only the
+                # stretch driven off the road (this tick), as the Leaderboard's share of the route outside lanes.
+                off_m = state.speed * STEP_S
+                infractions.append(Infraction(OFF_ROAD, sim_time, "out of road",
+                                              value=100.0 * off_m / max(route.length_m, 1.0)))
+            still = still + 1 if state.speed < 0.1 and tick > 20 else 0
+            if info.get("arrive_dest"):
+                status = "Completed"
+                break
+            if done:
+                status = "Failed - " + ("collision" if info.get("crash") else "off road" if info.get("out_of_road")
+                                        else "episode ended")
+                break
+            if still >= STUCK_TICKS:
+                infractions.append(Infraction(VEHICLE_BLOCKED, sim_time, "stuck"))
+                status = "Failed - agent blocked"
+                break
+        else:
+            status = "Failed - route timeout"
+            infractions.append(Infraction(ROUTE_TIMEOUT, args.ticks * STEP_S, "tick limit"))
+        if status == "Completed" and not infractions:
+            status = "Perfect"
+        completion = 1.0 if status in ("Completed", "Perfect") else progress.value
+        return RouteResult(route_id=f"metadrive-map{args.map}-seed{args.seed}", seed=args.seed, length_m=route.length_m,
+                           completion=completion, infractions=infractions, status=status,
+                           duration_s=len(speeds) * STEP_S, ticks=len(speeds), speeds_mps=speeds, positions=positions,
+                           dt=STEP_S, control_timeouts=timeouts, latencies_ms=latencies,
+                           meta={"mode": args.mode, "control_delay": delay.describe(), "simulator": "metadrive 0.3.0.1",
+                                 "map": args.map, "traffic_density": args.traffic_density})
+    finally:
+        node.destroy_node()
+        env.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m autoprune_sim.metadrive_bridge", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=7, help="MetaDrive scenario seed")
+    parser.add_argument("--map", default="3", help="block count or block string (S, C, X, T, O, r, R), default 3")
+    parser.add_argument("--ticks", type=int, default=600, help="tick limit (0.1 s each) before a route timeout")
+    parser.add_argument("--mode", choices=["sync", "latency"], default="sync")
+    parser.add_argument("--control-timeout", type=float, default=2.0, help="seconds to wait for each control")
+    parser.add_argument("--wait-for-node", type=float, default=120.0, help="seconds to wait for a camera subscriber")
+    parser.add_argument("--width", type=int, default=160)
+    parser.add_argument("--height", type=int, default=120)
+    parser.add_argument("--traffic-density", type=float, default=0.1)
+    parser.add_argument("--output", type=Path, default=None, help="route result JSON (default: stdout)")
+    args = parser.parse_args(argv)
+    args.map = int(args.map) if args.map.isdigit() else args.map
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    stop = {"requested": False}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.__setitem__("requested", True))
+    try:
+        result = run(args, lambda: stop["requested"])
+    finally:
+        rclpy.try_shutdown()
+    text = json.dumps(result.to_dict(), indent=2)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text + "\n", encoding="utf-8")
+    else:
+        print(text)
+    print(f"metadrive_bridge: {result.status}, route completion {100 * result.completion:.1f}%, "
+          f"{len(result.infractions)} infractions, {result.control_timeouts} control timeouts", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

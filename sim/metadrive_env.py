@@ -1,0 +1,123 @@
+"""MetaDrive 0.3.0.1 as the project's CPU simulator: an environment with the runtime fixes our machines need, and
+the ego state in ROS terms (REP 103: x forward, y left, yaw counter-clockwise).
+
+MetaDrive's 2-D frame is mirrored relative to ROS: its lane-local lateral offset and heading error are positive
+to the right (checked by driving: a lane keeper steering left for positive offsets stays on the road, the other
+sign leaves it within 7 s). Positions and yaw are mirrored here (y -> -y, yaw -> -yaw) so everything the bridge
+publishes follows ROS conventions. One step = 5 x 0.02 s = 0.1 s; `vehicle.speed` is in m/s.
+Runs only in the simulator environment (.venv-sim): MetaDrive pins numpy 1.24 and needs Python < 3.12.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from itertools import pairwise
+
+import numpy as np
+
+STEP_S = 0.1
+TURN_RAD = 0.6  # heading change ahead that counts as a turn (a 90-degree intersection turn is 1.57)
+TURN_LOOKAHEAD_M = 40.0  # announce a turn when its segment starts within this distance
+
+
+def _install_runtime_fixes() -> None:
+    """Headless EGL display and no MSAA (llvmpipe offers at most 4x, MetaDrive asks for 16x)."""
+    from panda3d.core import loadPrcFileData
+
+    loadPrcFileData("", "load-display p3headlessgl")
+    import metadrive.engine.core.our_pbr as our_pbr
+
+    if getattr(our_pbr.OurPipeline.__init__, "_autoprune_patched", False):
+        return
+    original = our_pbr.OurPipeline.__init__
+
+    def patched(self, *args, **kwargs):
+        kwargs["msaa_samples"] = 0
+        original(self, *args, **kwargs)
+
+    patched._autoprune_patched = True
+    our_pbr.OurPipeline.__init__ = patched
+
+
+def make_env(seed: int, map_spec: int | str = 3, width: int = 160, height: int = 120,
+             traffic_density: float = 0.1, horizon: int = 1000, expert: bool = False):
+    """A single-scenario MetaDriveEnv with a forward RGB camera; `expert` lets MetaDrive's IDM policy drive."""
+    _install_runtime_fixes()
+    from metadrive.envs import MetaDriveEnv
+
+    config = dict(
+        use_render=False, image_observation=True, environment_num=1, start_seed=seed,
+        vehicle_config=dict(image_source="rgb_camera", rgb_camera=(width, height), stack_size=1,
+                            show_navi_mark=False),
+        show_interface=False, show_logo=False, show_fps=False, rgb_clip=False, multi_thread_render=False,
+        show_terrain=False, show_skybox=False, traffic_density=traffic_density, map=map_spec, horizon=horizon)
+    if expert:
+        from metadrive.policy.idm_policy import IDMPolicy
+
+        config["agent_policy"] = IDMPolicy
+    return MetaDriveEnv(config)
+
+
+def frame_rgb(obs: dict) -> np.ndarray:
+    """The camera observation (H, W, 3, 1) float BGR 0..255 as contiguous uint8 RGB."""
+    return np.ascontiguousarray(obs["image"][..., -1][..., ::-1].clip(0, 255).astype(np.uint8))
+
+
+def _wrap(angle: float) -> float:
+    return (angle + math.pi) % (2 * math.pi) - math.pi
+
+
+@dataclass
+class EgoState:
+    x: float
+    y: float
+    yaw: float
+    speed: float  # m/s
+    lateral_offset: float  # m from the lane centre, left positive
+    heading_error: float  # rad relative to the lane, left (counter-clockwise) positive
+
+
+def ego_state(env) -> EgoState:
+    vehicle = env.vehicle
+    lane = vehicle.lane
+    lon, lat = lane.local_coordinates(vehicle.position)
+    error = _wrap(vehicle.heading_theta - lane.heading_theta_at(lon))
+    x, y = vehicle.position
+    return EgoState(float(x), -float(y), -float(vehicle.heading_theta), float(vehicle.speed), -float(lat), -error)
+
+
+class Route:
+    """The ego's route as MetaDrive's checkpoints: segment lengths for route completion, and turns ahead."""
+
+    def __init__(self, env) -> None:
+        navigation = env.vehicle.navigation
+        self.checkpoints = list(navigation.checkpoints)
+        graph = env.current_map.road_network.graph
+        self.lanes = [graph[a][b][0] for a, b in pairwise(self.checkpoints)]
+        self.segment_lengths = [float(lane.length) for lane in self.lanes]
+        self.length_m = float(sum(self.segment_lengths))
+
+    def locate(self, env) -> tuple[int | None, float]:
+        """(segment index, longitudinal position on it), or (None, 0) inside a junction off the route's lanes."""
+        vehicle = env.vehicle
+        key = tuple(vehicle.lane_index[:2])
+        for index, segment in enumerate(pairwise(self.checkpoints)):
+            if segment == key:
+                return index, float(vehicle.lane.local_coordinates(vehicle.position)[0])
+        return None, 0.0
+
+    def instruction(self, env) -> str:
+        """The route's next navigation command: a turn whose segment starts within TURN_LOOKAHEAD_M, else lane
+        following. Heading change is measured end to end over each upcoming segment (ROS sign: left positive)."""
+        index, lon = self.locate(env)
+        if index is None:
+            return "follow the lane"
+        ahead = self.segment_lengths[index] - lon
+        for lane in self.lanes[index + 1:]:
+            if ahead > TURN_LOOKAHEAD_M:
+                break
+            change = -_wrap(lane.heading_theta_at(lane.length) - lane.heading_theta_at(0.0))
+            if abs(change) > TURN_RAD:
+                return f"turn {'left' if change > 0 else 'right'} at the next intersection"
+            ahead += float(lane.length)
+        return "follow the lane"
