@@ -50,6 +50,7 @@ from autoprune_sim.metrics import (
 LANE_STATE_TOPIC = "/metadrive/hero/lane_state"  # [lateral offset m (left +), heading error rad (left +), speed m/s]
 STUCK_TICKS = 300  # 30 s below 0.1 m/s after having moved: the route is abandoned as blocked
 NEUTRAL = (0.0, 0.0, 1.0)  # (steer, throttle, brake) before the first control arrives
+RESEND_AFTER_S = 1.0  # re-publish a frame once if no control came by then (lost sample, not a slow node)
 
 
 class MetaDriveBridge(Node):
@@ -67,6 +68,7 @@ class MetaDriveBridge(Node):
         self.status_pub = self.create_publisher(CarlaStatus, contract.STATUS_TOPIC, latched)
         self.controls: dict[int, tuple[CarlaEgoVehicleControl, float]] = {}  # stamp ns -> (msg, arrival)
         self.latencies_ms: dict[int, float] = {}
+        self.kept_tokens: dict[int, float] = {}  # mean visual tokens kept per decoder layer, per frame
         self.create_subscription(CarlaEgoVehicleControl, contract.CONTROL_TOPIC, self._on_control, 10)
         self.create_subscription(DiagnosticStatus, "/autoprune/frame_stats", self._on_stats, 10)
 
@@ -77,7 +79,11 @@ class MetaDriveBridge(Node):
         values = {kv.key: kv.value for kv in msg.values}
         if "stamp" in values and "pipeline_ms" in values:
             sec, nsec = values["stamp"].split(".")
-            self.latencies_ms[int(sec) * 1_000_000_000 + int(nsec)] = float(values["pipeline_ms"])
+            key = int(sec) * 1_000_000_000 + int(nsec)
+            self.latencies_ms[key] = float(values["pipeline_ms"])
+            kept = values.get("kept_tokens_per_layer", "").split()
+            if kept:
+                self.kept_tokens[key] = sum(map(float, kept)) / len(kept)
 
 
 def _md_action(control: tuple[float, float, float]) -> list[float]:
@@ -87,13 +93,15 @@ def _md_action(control: tuple[float, float, float]) -> list[float]:
 
 
 def run(args: argparse.Namespace, stop_requested) -> RouteResult:
-    env = make_env(args.seed, args.map, args.width, args.height, args.traffic_density, horizon=args.ticks + 10)
+    env = make_env(args.seed, args.map, args.width, args.height, args.traffic_density, horizon=args.ticks + 10,
+                   expert=args.expert)
     node = MetaDriveBridge(args)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     delay = ControlDelay(STEP_S, args.mode, initial=NEUTRAL)
     infractions: list[Infraction] = []
-    speeds, positions, latencies, timeouts, status = [], [], [], 0, "Failed - not started"
+    speeds, positions, latencies, kept, timeouts, resends = [], [], [], [], 0, 0
+    status = "Failed - not started"
     try:
         obs = env.reset()
         route = Route(env)
@@ -101,7 +109,7 @@ def run(args: argparse.Namespace, stop_requested) -> RouteResult:
         node.status_pub.publish(CarlaStatus(frame=0, fixed_delta_seconds=STEP_S, synchronous_mode=True,
                                             synchronous_mode_running=True))
         instruction, still, tick, in_contact = None, 0, 0, set()
-        deadline = time.monotonic() + args.wait_for_node
+        deadline = time.monotonic() + (0.0 if args.expert else args.wait_for_node)
         while node.count_subscribers(contract.CAMERA_TOPIC) == 0 and time.monotonic() < deadline:
             executor.spin_once(timeout_sec=0.1)  # the node subscribes its cameras once it is active
         for tick in range(args.ticks):
@@ -120,18 +128,25 @@ def run(args: argparse.Namespace, stop_requested) -> RouteResult:
             node.odom_pub.publish(contract.odometry_msg(state.x, state.y, state.yaw, state.speed, 0.0, 0.0, stamp))
             node.lane_pub.publish(Float32MultiArray(data=[state.lateral_offset, state.heading_error, state.speed]))
             published = time.monotonic()
-            node.image_pub.publish(contract.image_msg(frame_rgb(obs), "rgb8", stamp, contract.CAMERA_FRAME_ID))
-            wait_until = published + args.control_timeout
+            image = contract.image_msg(frame_rgb(obs), "rgb8", stamp, contract.CAMERA_FRAME_ID)
+            node.image_pub.publish(image)
+            wait_until = published + (0.0 if args.expert else args.control_timeout)
+            resend_at = published + min(RESEND_AFTER_S, args.control_timeout / 2)
             while key not in node.controls and time.monotonic() < wait_until:
                 executor.spin_once(timeout_sec=0.005)
+                if resend_at and time.monotonic() > resend_at:
+                    node.image_pub.publish(image)  # a best-effort subscriber may have lost the sample
+                    resends, resend_at = resends + 1, 0.0
             if key in node.controls:
                 msg, arrived = node.controls.pop(key)
                 executor.spin_once(timeout_sec=0.0)
                 latency_ms = node.latencies_ms.pop(key, (arrived - published) * 1e3)
                 latencies.append(latency_ms)
+                if key in node.kept_tokens:
+                    kept.append(node.kept_tokens.pop(key))
                 steer, throttle, brake, *_ = contract.control_tuple(msg)
                 delay.submit(tick, (steer, throttle, brake), latency_ms / 1e3)
-            else:
+            elif not args.expert:
                 timeouts += 1
             obs, _, done, info = env.step(_md_action(delay.control_for(tick)))
             speeds.append(state.speed)
@@ -170,9 +185,11 @@ def run(args: argparse.Namespace, stop_requested) -> RouteResult:
         return RouteResult(route_id=f"metadrive-map{args.map}-seed{args.seed}", seed=args.seed, length_m=route.length_m,
                            completion=completion, infractions=infractions, status=status,
                            duration_s=len(speeds) * STEP_S, ticks=len(speeds), speeds_mps=speeds, positions=positions,
-                           dt=STEP_S, control_timeouts=timeouts, latencies_ms=latencies,
-                           meta={"mode": args.mode, "control_delay": delay.describe(), "simulator": "metadrive 0.3.0.1",
-                                 "map": args.map, "traffic_density": args.traffic_density})
+                           dt=STEP_S, control_timeouts=timeouts, latencies_ms=latencies, kept_tokens=kept,
+                           meta={"mode": "expert (MetaDrive IDM)" if args.expert else args.mode,
+                                 "frame_resends": resends, "control_delay": delay.describe(),
+                                 "simulator": "metadrive 0.3.0.1", "map": args.map,
+                                 "traffic_density": args.traffic_density})
     finally:
         node.destroy_node()
         env.close()
@@ -190,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=160)
     parser.add_argument("--height", type=int, default=120)
     parser.add_argument("--traffic-density", type=float, default=0.1)
+    parser.add_argument("--expert", action="store_true",
+                        help="MetaDrive's IDM policy drives (the reference row); controls on ROS are ignored")
     parser.add_argument("--output", type=Path, default=None, help="route result JSON (default: stdout)")
     args = parser.parse_args(argv)
     args.map = int(args.map) if args.map.isdigit() else args.map

@@ -10,7 +10,7 @@ import pytest
 
 SCRIPTS = sorted(ep.name for ep in entry_points(group="console_scripts") if ep.value.startswith(("autoprune_ros",
                                                                                                   "autoprune_sim")))
-NOT_BUILT_YET = {"autoprune-replay": [], "autoprune-closed-loop": []}
+NOT_BUILT_YET = {"autoprune-replay": []}
 
 
 def _script(name: str) -> Path:
