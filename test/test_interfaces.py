@@ -1,11 +1,7 @@
 """The project's carla_msgs and ackermann_msgs import, carry the public fields, and round-trip on the wire."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
 
 # Field names and types of the public packages (carla-simulator/ros-carla-msgs, ros-drivers/ackermann_msgs).
 PUBLIC_FIELDS = {
@@ -82,13 +78,10 @@ def test_rosbags_reads_what_rclpy_writes(package: str, name: str, make) -> None:
 
     (Bytes are not compared: CDR padding is unspecified and rclpy leaves it uninitialised.)"""
     from rclpy.serialization import deserialize_message, serialize_message
-    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
-    store = get_typestore(Stores.ROS2_KILTED)
-    types = {}
-    for path in sorted((REPO / "msgs" / package / "msg").glob("*.msg")):
-        types.update(get_types_from_msg(path.read_text(), f"{package}/msg/{path.stem}"))
-    store.register(types)
+    from autoprune_ros.replay.typestore import project_typestore
+
+    store = project_typestore()  # reads the .msg files installed with the interface packages
     original = make()
     decoded = store.deserialize_cdr(serialize_message(original), f"{package}/msg/{name}")
     assert deserialize_message(bytes(store.serialize_cdr(decoded, f"{package}/msg/{name}")), type(original)) == original
