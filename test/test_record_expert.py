@@ -1,0 +1,166 @@
+"""The expert recorder: MetaDrive episodes (simulator environment) as rosbag2 mcap bags that the main environment
+reads with rosbags, with the bag contract of docs/data.md, and instructions that change the recorded driving."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autoprune_sim import record_expert as rec
+
+ROOT = Path(__file__).resolve().parent.parent
+SIM_PREFIX = ROOT / ".venv-sim"
+NS = 1_000_000_000
+TICK_NS = NS // 10
+
+
+def _record(out: Path, *args: str) -> subprocess.CompletedProcess:
+    if not (SIM_PREFIX / "bin" / "python").exists():
+        if os.environ.get("AUTOPRUNE_REQUIRE_SIM") == "1":
+            pytest.fail(".venv-sim is missing although `make test` builds it: run `make setup-sim`")
+        pytest.skip(".venv-sim not built (make setup-sim)")
+    env = dict(os.environ, AMENT_PREFIX_PATH=str(SIM_PREFIX))
+    proc = subprocess.run([str(SIM_PREFIX / "bin" / "python"), "-m", "autoprune_sim.record_expert",
+                           "--output-dir", str(out), "--traffic-density", "0", "--no-progress", *args],
+                          env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _read(folder: Path) -> dict[str, list]:
+    """topic -> [(t_ns, msgtype, message)] of one bag, deserialized with the project's typestore."""
+    from rosbags.rosbag2 import Reader
+
+    from autoprune_ros.replay.typestore import project_typestore
+
+    store = project_typestore()
+    topics: dict[str, list] = {}
+    with Reader(folder) as reader:
+        for conn, t_ns, raw in reader.messages():
+            topics.setdefault(conn.topic, []).append((t_ns, conn.msgtype, store.deserialize_cdr(raw, conn.msgtype)))
+    return topics
+
+
+def _ns(header) -> int:
+    return header.stamp.sec * NS + header.stamp.nanosec
+
+
+@pytest.fixture(scope="module")
+def stop_dataset(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("expert")
+    _record(out, "--seeds", "1,2", "--ticks", "60", "--instruction-schedule", "stop:25-55")
+    return out
+
+
+@pytest.mark.sim
+def test_bags_follow_the_contract(stop_dataset: Path) -> None:
+    summary = json.loads((stop_dataset / "dataset.json").read_text())
+    assert summary["episodes"] == 2 and summary["kept"] == 2, summary
+    assert summary["frames_per_instruction"]["stop"] == 60
+    for seed in (1, 2):
+        folder = stop_dataset / f"seed{seed:05d}_map3"
+        meta = json.loads((folder / "episode.json").read_text())
+        assert meta["seed"] == seed and meta["map"] == 3 and meta["traffic_density"] == 0.0
+        assert (meta["width"], meta["height"], meta["ticks"]) == (160, 120, 60)
+        assert meta["outcome"] == "timeout" and meta["kept"] is True and 0.0 < meta["route_completion"] < 1.0
+        assert meta["segments"][0]["start"] == 0 and meta["segments"][-1]["end"] == 60
+        assert {"instruction": "stop", "start": 25, "end": 55} in meta["segments"]
+        assert "version: 8" in (folder / "metadata.yaml").read_text()
+        assert list(folder.glob("*.mcap")) == [folder / f"{folder.name}.mcap"]
+
+        topics = _read(folder)
+        assert {t: msgs[0][1] for t, msgs in topics.items()} == rec.TYPES
+        images = topics[rec.contract.CAMERA_TOPIC]
+        odoms = topics[rec.contract.ODOMETRY_TOPIC]
+        controls = topics[rec.contract.CONTROL_TOPIC]
+        assert len(images) == len(odoms) == len(controls) == 60
+        for msgs in (images, odoms, controls):
+            stamps = [t for t, _, _ in msgs]
+            assert stamps == [tick * TICK_NS for tick in range(60)], "bag time = tick x 0.1 s, strictly increasing"
+            assert [_ns(m.header) for _, _, m in msgs] == stamps, "header stamp = bag time"
+        for _, _, image in images:
+            assert (image.encoding, image.height, image.width, image.step) == ("rgb8", 120, 160, 480)
+            assert image.header.frame_id == "hero/rgb_front" and len(image.data) == 120 * 160 * 3
+        assert len({bytes(images[0][2].data), bytes(images[-1][2].data)}) == 2, "the camera sees the car move"
+        assert odoms[0][2].header.frame_id == "map" and odoms[0][2].child_frame_id == "hero"
+
+        instructions = [(t, m.data) for t, _, m in topics[rec.contract.INSTRUCTION_TOPIC]]
+        assert instructions[0][0] == 0 and instructions[0][1] != "stop"
+        assert (25 * TICK_NS, "stop") in instructions
+        resumed = [data for t, data in instructions if t == 55 * TICK_NS]
+        assert resumed and resumed[0] in rec.contract.INSTRUCTIONS, "the route command returns after the stop"
+        assert all(a[1] != b[1] for a, b in zip(instructions, instructions[1:], strict=False)), "only changes"
+
+        # "stop" changes the driving: the car moves before, brakes throughout and stands still at the end.
+        speed = [m.twist.twist.linear.x for _, _, m in odoms]
+        brake = [m.brake for _, _, m in controls]
+        throttle = [m.throttle for _, _, m in controls]
+        assert speed[24] > 4.0, speed
+        assert all(b > 0 for b in brake[25:55]) and all(t == 0 for t in throttle[25:55])
+        assert max(speed[42:55]) < 0.5, speed[25:55]
+        assert max(throttle[55:]) > 0.5, "resumes with the route command"
+        assert all(b == 0 for b in brake[:20]) and all(-1 <= m.steer <= 1 for _, _, m in controls)
+
+
+@pytest.mark.sim
+def test_slow_down_and_resume(stop_dataset: Path, tmp_path: Path) -> None:
+    proc = _record(stop_dataset, "--seeds", "1,2", "--ticks", "60", "--resume")
+    assert "2 episode(s) already recorded" in proc.stderr
+    assert json.loads((stop_dataset / "dataset.json").read_text())["episodes"] == 2
+
+    _record(tmp_path, "--seeds", "3", "--ticks", "90", "--instruction-schedule", "slow:35-90")
+    folder = tmp_path / "seed00003_map3"
+    speed = [m.twist.twist.linear.x for _, _, m in _read(folder)[rec.contract.ODOMETRY_TOPIC]]
+    assert speed[34] > 6.0, speed
+    assert max(speed[60:]) < 0.6 * speed[34] and min(speed[60:]) > 2.0, speed[30:]
+
+
+def test_cli_values() -> None:
+    assert rec.parse_seeds("0-3,7") == [0, 1, 2, 3, 7]
+    for bad in ("5-2", "a", "-3", "", "1,1"):
+        with pytest.raises(ValueError):
+            rec.parse_seeds(bad)
+    assert rec.parse_maps("3,SXOT") == [3, "SXOT"]
+    assert rec.parse_mix("stop=0.1,slow=0.2") == {"stop": 0.1, "slow down": 0.2}
+    with pytest.raises(ValueError):
+        rec.parse_mix("stop=0.7,slow=0.7")
+    expected = [rec.Segment("stop", 20, 45), rec.Segment("slow down", 50, 80)]
+    assert rec.parse_schedule("slow:50-80,stop:20-45") == expected
+    with pytest.raises(ValueError):
+        rec.parse_schedule("stop:20-45,slow:40-80")
+
+
+def test_random_schedule_is_seeded_and_mixed() -> None:
+    mix = rec.parse_mix("stop=0.3,slow=0.3")
+    first = rec.random_schedule(4, 0, 600, mix)
+    assert first == rec.random_schedule(4, 0, 600, mix) and first != rec.random_schedule(5, 0, 600, mix)
+    segments = [s for seed in range(20) for s in rec.random_schedule(seed, 0, 600, mix)]
+    assert {s.instruction for s in segments} == {"stop", "slow down"}
+    assert all(s.start >= rec.WARMUP_TICKS[0] and s.end <= 600 for s in segments)
+    assert rec.random_schedule(4, 0, 600, rec.parse_mix("stop=0,slow=0")) == []
+
+
+def test_longitudinal_overrides() -> None:
+    assert rec.adjust_longitudinal("follow the lane", 0.8, 20.0, 30.0, 10.0) == 0.8
+    assert rec.adjust_longitudinal("stop", 1.0, 30.0, 30.0, 10.0) < -0.5
+    assert rec.adjust_longitudinal("stop", 1.0, 100.0, 30.0, 10.0) == -1.0
+    assert rec.adjust_longitudinal("stop", 1.0, 0.0, 30.0, 10.0) < 0, "holds the brake when stopped"
+    assert rec.adjust_longitudinal("slow down", 1.0, 25.0, 30.0, 10.0) == -0.6
+    assert rec.adjust_longitudinal("slow down", 1.0, 5.0, 30.0, 10.0) > 0.9
+
+
+def test_clear_errors(tmp_path: Path, capsys) -> None:
+    assert rec.main(["--seeds", "9-3", "--output-dir", str(tmp_path)]) == 2
+    assert "end is below the start" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert rec.main(["--seeds", "1", "--output-dir", str(blocker / "out")]) == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-v"]))
