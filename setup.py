@@ -43,6 +43,7 @@ setup(
             "autoprune-closed-loop = autoprune_sim.evaluate:main",
             "autoprune-bench = autoprune_ros.bench:main",
             "autoprune-demo = autoprune_ros.ros.demo:main",
+            "autoprune-train = autoprune_ros.vla.train:main",
         ],
     },
 )

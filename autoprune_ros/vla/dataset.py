@@ -1,0 +1,251 @@
+"""Expert driving episodes (rosbag2 folders from sim/record_expert.py) -> (image, instruction, speed, waypoints,
+target speed) training samples for the tiny VLA.
+
+Bag contract, one rosbag2 folder per episode with an `episode.json` (at least `seed` and `kept`) beside it:
+`/carla/hero/rgb_front/image` (sensor_msgs/Image rgb8), `/carla/hero/odometry` (nav_msgs/Odometry, REP 103 map
+frame, twist.linear.x = speed, same header stamps as the images), `/carla/hero/vehicle_control_cmd`
+(carla_msgs/CarlaEgoVehicleControl, optional here) and `/autoprune/instruction` (std_msgs/String, at the first
+tick and on every change). Targets are documented in docs/training.md.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+IMAGE_TOPIC = "/carla/hero/rgb_front/image"
+ODOM_TOPIC = "/carla/hero/odometry"
+CONTROL_TOPIC = "/carla/hero/vehicle_control_cmd"
+INSTRUCTION_TOPIC = "/autoprune/instruction"
+EPISODE_FILE = "episode.json"
+
+SPEED_HORIZON_S = 1.0  # target speed = recorded speed this long after the frame
+_EPS = 1e-6
+
+Sample = tuple[np.ndarray, str, float, torch.Tensor, float]
+
+
+class _BagProblem(ValueError):
+    """A ValueError whose message already names the bag (not re-wrapped by `read_episode`)."""
+
+
+@dataclass
+class Episode:
+    """One recorded episode, frames in stamp order: images (T, H, W, 3) uint8 RGB, stamps (T,) s, poses (T, 3)
+    map-frame x, y, yaw, speeds (T,) m/s, the instruction in force per frame, controls (T, 3) steer / throttle /
+    brake of the expert (NaN where not recorded) and the parsed episode.json (empty if absent)."""
+
+    path: Path
+    images: np.ndarray
+    stamps: np.ndarray
+    poses: np.ndarray
+    speeds: np.ndarray
+    instructions: list[str]
+    controls: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.stamps)
+
+
+def _stamp(header: Any) -> int:
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+def _yaw(q: Any) -> float:
+    return math.atan2(2.0 * (q.w * q.z + q.x * q.y), 1.0 - 2.0 * (q.y * q.y + q.z * q.z))
+
+
+def _decode_image(msg: Any, where: str) -> np.ndarray:
+    """sensor_msgs/Image rgb8 / bgr8 -> HxWx3 uint8 RGB."""
+    if msg.encoding not in ("rgb8", "bgr8"):
+        raise _BagProblem(f"{where}: image encoding {msg.encoding!r} is not supported (expected rgb8)")
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    data = np.asarray(msg.data, dtype=np.uint8)
+    if height == 0 or width == 0 or step < 3 * width or data.size < height * step:
+        raise _BagProblem(f"{where}: malformed image {width}x{height}, step {step}, {data.size} bytes")
+    image = data[: height * step].reshape(height, step)[:, : 3 * width].reshape(height, width, 3)
+    return np.ascontiguousarray(image[..., ::-1] if msg.encoding == "bgr8" else image)
+
+
+def read_episode_meta(bag_dir: str | Path) -> dict[str, Any]:
+    """The parsed `episode.json` of an episode folder; ValueError if missing, unreadable or without seed/kept."""
+    path = Path(bag_dir) / EPISODE_FILE
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{bag_dir}: no {EPISODE_FILE}") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable: {exc}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("seed"), int) or not isinstance(meta.get("kept"), bool):
+        raise ValueError(f"{path}: must be a JSON object with an integer 'seed' and a boolean 'kept'")
+    return meta
+
+
+def read_episode(bag_dir: str | Path) -> Episode:
+    """Read one episode bag (any rosbag2 storage rosbags reads). Frames are the image stamps that also have an
+    odometry message; the instruction of a frame is the latest one at or before its stamp (the first one for
+    frames before it). ValueError naming the bag for corrupt bags, missing topics or no usable frames."""
+    from rosbags.rosbag2 import Reader
+
+    from autoprune_ros.replay.typestore import project_typestore
+
+    bag_dir = Path(bag_dir)
+    store = project_typestore()
+    images: dict[int, np.ndarray] = {}
+    odom: dict[int, tuple[float, float, float, float]] = {}
+    controls: dict[int, tuple[float, float, float]] = {}
+    instructions: list[tuple[int, str]] = []
+    try:
+        with Reader(bag_dir) as reader:
+            topics = {c.topic for c in reader.connections}
+            missing = [t for t in (IMAGE_TOPIC, ODOM_TOPIC, INSTRUCTION_TOPIC) if t not in topics]
+            if missing:
+                raise _BagProblem(f"{bag_dir}: missing topic(s) {', '.join(missing)} "
+                                  f"(has: {', '.join(sorted(topics)) or 'none'})")
+            wanted = [c for c in reader.connections
+                      if c.topic in (IMAGE_TOPIC, ODOM_TOPIC, CONTROL_TOPIC, INSTRUCTION_TOPIC)]
+            for conn, t_ns, raw in reader.messages(connections=wanted):
+                msg = store.deserialize_cdr(raw, conn.msgtype)
+                if conn.topic == IMAGE_TOPIC:
+                    images[_stamp(msg.header)] = _decode_image(msg, f"{bag_dir}: {IMAGE_TOPIC}")
+                elif conn.topic == ODOM_TOPIC:
+                    pose = msg.pose.pose
+                    odom[_stamp(msg.header)] = (pose.position.x, pose.position.y, _yaw(pose.orientation),
+                                                msg.twist.twist.linear.x)
+                elif conn.topic == CONTROL_TOPIC:
+                    controls[_stamp(msg.header)] = (msg.steer, msg.throttle, msg.brake)
+                else:
+                    instructions.append((t_ns, str(msg.data)))
+    except _BagProblem:
+        raise
+    except Exception as exc:  # rosbags raises its own errors, KeyError, struct / mcap errors for damaged files
+        raise ValueError(f"{bag_dir}: corrupt or unreadable bag: {type(exc).__name__}: {exc}") from None
+
+    stamps_ns = sorted(set(images) & set(odom))
+    if not stamps_ns:
+        raise ValueError(f"{bag_dir}: no frame has both an image and an odometry message with the same stamp "
+                         f"({len(images)} images, {len(odom)} odometry messages)")
+    if not instructions:
+        raise ValueError(f"{bag_dir}: no message on {INSTRUCTION_TOPIC}")
+    shapes = {images[s].shape for s in stamps_ns}
+    if len(shapes) != 1:
+        raise ValueError(f"{bag_dir}: images change size within the episode: {sorted(shapes)}")
+    instructions.sort(key=lambda item: item[0])
+    inst_stamps = np.array([s for s, _ in instructions], dtype=np.int64)
+    frame_ns = np.array(stamps_ns, dtype=np.int64)
+    which = np.clip(np.searchsorted(inst_stamps, frame_ns, side="right") - 1, 0, None)
+    nan3 = (math.nan, math.nan, math.nan)
+    state = np.array([odom[s] for s in stamps_ns], dtype=np.float64)
+    meta = read_episode_meta(bag_dir) if (bag_dir / EPISODE_FILE).is_file() else {}
+    return Episode(
+        path=bag_dir,
+        images=np.stack([images[s] for s in stamps_ns]),
+        stamps=(frame_ns - frame_ns[0]).astype(np.float64) * 1e-9,
+        poses=state[:, :3],
+        speeds=state[:, 3],
+        instructions=[instructions[i][1] for i in which],
+        controls=np.array([controls.get(s, nan3) for s in stamps_ns], dtype=np.float64),
+        meta=meta,
+    )
+
+
+def episode_targets(episode: Episode, num_waypoints: int, waypoint_dt: float,
+                    speed_horizon: float = SPEED_HORIZON_S) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Training targets of the frames that have the whole future recorded: (frame indices (M,), waypoints
+    (M, N, 2) = ego positions at t + k * waypoint_dt, k = 1..N, linearly interpolated on the recorded poses and
+    expressed in the ego frame at t (x forward, y left), target speeds (M,) = recorded speed at t + speed_horizon,
+    interpolated). Frames closer to the end than max(N * waypoint_dt, speed_horizon) are skipped, not padded."""
+    stamps, poses = episode.stamps, episode.poses
+    horizon = max(num_waypoints * waypoint_dt, speed_horizon)
+    index = np.flatnonzero(stamps + horizon <= stamps[-1] + _EPS)
+    if index.size == 0:
+        return index, np.zeros((0, num_waypoints, 2)), np.zeros(0)
+    t = stamps[index]
+    future = t[:, None] + waypoint_dt * np.arange(1, num_waypoints + 1)[None, :]
+    fx = np.interp(future, stamps, poses[:, 0]) - poses[index, 0, None]
+    fy = np.interp(future, stamps, poses[:, 1]) - poses[index, 1, None]
+    cos, sin = np.cos(poses[index, 2])[:, None], np.sin(poses[index, 2])[:, None]
+    waypoints = np.stack((cos * fx + sin * fy, -sin * fx + cos * fy), axis=-1)
+    target_speed = np.interp(t + speed_horizon, stamps, episode.speeds)
+    return index, waypoints, target_speed
+
+
+def find_episodes(root: str | Path) -> list[Path]:
+    """Episode folders (those with an episode.json) at or under `root`, sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"{root}: not a directory")
+    return sorted(p.parent for p in root.rglob(EPISODE_FILE))
+
+
+def kept_episodes(bag_dirs: Sequence[str | Path]) -> list[Path]:
+    """The folders whose episode.json says `kept: true`."""
+    return [Path(d) for d in bag_dirs if read_episode_meta(d)["kept"]]
+
+
+def split_by_seed(bag_dirs: Sequence[str | Path], val_fraction: float,
+                  seed: int) -> tuple[list[Path], list[Path]]:
+    """(train, val) folders such that no episode seed is in both: a seeded shuffle of the distinct seeds puts
+    round(val_fraction * seeds) of them (at least one when val_fraction > 0 and there are two seeds or more)
+    in validation."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    seeds_of = {Path(d): read_episode_meta(d)["seed"] for d in bag_dirs}
+    seeds = sorted(set(seeds_of.values()))
+    n_val = round(val_fraction * len(seeds))
+    if val_fraction > 0 and len(seeds) > 1:
+        n_val = min(max(n_val, 1), len(seeds) - 1)
+    order = np.random.default_rng(seed).permutation(len(seeds))
+    val_seeds = {seeds[i] for i in order[:n_val]}
+    train = [d for d, s in seeds_of.items() if s not in val_seeds]
+    val = [d for d, s in seeds_of.items() if s in val_seeds]
+    return train, val
+
+
+class DrivingDataset(Dataset):
+    """Samples (image HxWx3 uint8, instruction, speed m/s, waypoints (N, 2) float32 tensor, target speed m/s)
+    from the `kept: true` episodes among `bag_dirs`; N and the waypoint spacing come from the model config's
+    `action_head`. Frames are held in memory as uint8 (the processor resizes them at batch time)."""
+
+    def __init__(self, bag_dirs: Sequence[str | Path], config: Mapping[str, Any]) -> None:
+        head = config["action_head"]
+        self.num_waypoints = int(head["num_waypoints"])
+        self.waypoint_dt = float(head["waypoint_dt"])
+        self.episodes: list[Episode] = []
+        self._index: list[tuple[int, int, int]] = []  # (episode, frame, target row)
+        self._targets: list[tuple[np.ndarray, np.ndarray]] = []
+        self.seeds: list[int] = []
+        for bag_dir in kept_episodes(bag_dirs):
+            episode = read_episode(bag_dir)
+            frames, waypoints, speeds = episode_targets(episode, self.num_waypoints, self.waypoint_dt)
+            e = len(self.episodes)
+            self.episodes.append(episode)
+            self.seeds.append(int(episode.meta["seed"]))
+            self._targets.append((waypoints.astype(np.float32), speeds.astype(np.float32)))
+            self._index.extend((e, int(f), row) for row, f in enumerate(frames))
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, i: int) -> Sample:
+        e, frame, row = self._index[i]
+        episode = self.episodes[e]
+        waypoints, speeds = self._targets[e]
+        return (episode.images[frame], episode.instructions[frame], float(episode.speeds[frame]),
+                torch.from_numpy(waypoints[row]), float(speeds[row]))
+
+
+def collate(batch: Sequence[Sample]) -> tuple[list[np.ndarray], list[str], list[float], torch.Tensor, torch.Tensor]:
+    """DataLoader collate: images, instructions and speeds as lists (the processor batches them), targets as
+    tensors (B, N, 2) and (B,)."""
+    images, instructions, speeds, waypoints, target_speeds = zip(*batch, strict=True)
+    return (list(images), list(instructions), list(speeds), torch.stack(waypoints),
+            torch.tensor(target_speeds, dtype=torch.float32))

@@ -1,0 +1,249 @@
+"""`autoprune-train`: train the tiny LLaVA driving VLA on recorded expert episodes (CPU, seeded, safetensors out).
+
+    autoprune-train --data data/expert --output models/tiny_drive --epochs 10 --seed 0
+
+Recipe, measured speed and determinism: docs/training.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch and transformers are imported in main(), so that --help stays fast
+    import numpy as np
+    import torch
+
+    from .policy import VLAPolicy
+
+TRAINING_FILE = "training.json"
+
+
+def encode_batch(policy: VLAPolicy, images: Sequence[np.ndarray], instructions: Sequence[str],
+                 speeds: Sequence[float]) -> torch.Tensor:
+    """Batched `policy._encode` (one camera view per sample, no pruning): the final-norm decoder hidden state of
+    each sample's last non-pad prompt token, shape (B, hidden). Prompts are padded by the processor; the index of
+    the last attended position is taken from the attention mask, so left or right padding both work."""
+    import torch
+
+    prompts = [policy.build_prompt(1, policy.clean_instruction(text), float(speed))
+               for text, speed in zip(instructions, speeds, strict=True)]
+    inputs = policy.processor(images=list(images), text=prompts, return_tensors="pt", padding=True,
+                              input_data_format="channels_last")
+    inputs = inputs.to(policy.device)
+    mask = inputs["attention_mask"]
+    outputs = policy.model.model(input_ids=inputs["input_ids"], attention_mask=mask,
+                                 pixel_values=inputs["pixel_values"].to(policy.dtype), use_cache=False)
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    last = (mask * positions).argmax(dim=1)
+    return outputs.last_hidden_state[torch.arange(mask.shape[0], device=mask.device), last]
+
+
+def batch_loss(policy: VLAPolicy, batch: tuple, speed_weight: float) -> torch.Tensor:
+    """L1(waypoints) + speed_weight * L1(target speed), each averaged over its elements."""
+    from torch.nn.functional import l1_loss
+
+    images, instructions, speeds, waypoints, target_speeds = batch
+    hidden = encode_batch(policy, images, instructions, speeds)
+    pred_waypoints, pred_speed = policy.head(hidden.float())
+    return l1_loss(pred_waypoints, waypoints) + speed_weight * l1_loss(pred_speed, target_speeds)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autoprune-train",
+        description="Train the tiny LLaVA driving VLA on expert episode bags (CPU); writes safetensors weights "
+                    "loadable with autoprune_ros.vla.builder.load_vla and a training.json report.")
+    parser.add_argument("--data", required=True, type=Path, help="folder of episode bag folders (with episode.json)")
+    parser.add_argument("--output", required=True, type=Path, help="folder for the trained model")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="model config YAML (default: the package's config/models/tiny_llava.yaml)")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0, help="weights init, data split and order")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=3e-4, help="AdamW peak learning rate (cosine decay)")
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--speed-weight", type=float, default=1.0, help="weight of the target-speed L1 term")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="fraction of episode seeds held out")
+    parser.add_argument("--freeze-vision", action="store_true", help="do not train the CLIP vision tower")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--force", action="store_true", help="write into a non-empty --output")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    return parser
+
+
+def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    for name in ("epochs", "batch_size", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    for name in ("lr", "weight_decay", "speed_weight"):
+        value = getattr(args, name)
+        if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
+            parser.error(f"--{name.replace('_', '-')} must be a finite number >= 0 (lr > 0), got {value}")
+    if not 0.0 <= args.val_fraction < 1.0:
+        parser.error(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    if args.output.exists() and (not args.output.is_dir() or any(args.output.iterdir())) and not args.force:
+        parser.error(f"{args.output} exists and is not empty; pass --force to write into it")
+
+
+def _evaluate(policy: VLAPolicy, loader: Any, speed_weight: float) -> float | None:
+    import torch
+
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in loader:
+            total += float(batch_loss(policy, batch, speed_weight)) * len(batch[0])
+            count += len(batch[0])
+    return total / count if count else None
+
+
+def train(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
+    """Run the training described by parsed `args`; returns the training.json report. The torch thread count and
+    deterministic-algorithms flag are set for the run and restored afterwards."""
+    import torch
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _train(args, log)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from autoprune_ros.paths import config_path
+
+    from .builder import build_tiny_vla, load_model_config, save_vla
+    from .dataset import DrivingDataset, collate, find_episodes, kept_episodes, split_by_seed
+
+    torch.manual_seed(args.seed)
+    if args.config is None:
+        args.config = config_path("models", "tiny_llava.yaml")
+    config = load_model_config(args.config)
+
+    all_dirs = find_episodes(args.data)
+    dirs = kept_episodes(all_dirs)
+    if not dirs:
+        raise ValueError(f"{args.data}: no kept episodes among {len(all_dirs)} episode folder(s)")
+    train_dirs, val_dirs = split_by_seed(dirs, args.val_fraction, args.seed)
+    train_set = DrivingDataset(train_dirs, config)
+    val_set = DrivingDataset(val_dirs, config)
+    if len(train_set) == 0:
+        raise ValueError(f"{args.data}: no training frame has the full {config['action_head']['num_waypoints']} x "
+                         f"{config['action_head']['waypoint_dt']} s future recorded")
+    log(f"episodes: {len(all_dirs)} found, {len(dirs)} kept; train {len(train_dirs)} episodes / {len(train_set)} "
+        f"samples, val {len(val_dirs)} episodes / {len(val_set)} samples")
+
+    policy = build_tiny_vla(config, seed=args.seed)
+    policy.model.train()
+    policy.head.train()
+    if args.freeze_vision:
+        policy.model.model.vision_tower.requires_grad_(False)
+    params = [p for p in (*policy.model.parameters(), *policy.head.parameters()) if p.requires_grad]
+    n_params = sum(p.numel() for p in (*policy.model.parameters(), *policy.head.parameters()))
+    n_trained = sum(p.numel() for p in params)
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    generator = torch.Generator().manual_seed(args.seed)
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, generator=generator,
+                              collate_fn=collate, num_workers=0)
+    val_loader = DataLoader(val_set, batch_size=args.batch_size, shuffle=False, collate_fn=collate, num_workers=0)
+    total_steps = args.epochs * len(train_loader)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    log(f"parameters: {n_params:,} ({n_trained:,} trained); {args.epochs} epochs x {len(train_loader)} steps of "
+        f"batch {args.batch_size}, {args.threads} threads")
+
+    history: list[dict[str, Any]] = []
+    seconds_per_sample: float | None = None
+    timed = [0.0, 0]  # seconds and samples of the timed training steps
+    start = time.perf_counter()
+    for epoch in range(1, args.epochs + 1):
+        epoch_start = time.perf_counter()
+        total, count = 0.0, 0
+        bar = tqdm(train_loader, desc=f"epoch {epoch}/{args.epochs}", unit="batch", disable=args.no_progress,
+                   file=sys.stderr)
+        for step, batch in enumerate(bar):
+            step_start = time.perf_counter()
+            loss = batch_loss(policy, batch, args.speed_weight)
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"non-finite training loss at epoch {epoch}, step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            total += loss.item() * len(batch[0])
+            count += len(batch[0])
+            bar.set_postfix(loss=f"{total / count:.3f}")
+            if epoch == 1 and (step > 0 or len(train_loader) == 1):  # the first step pays one-off warm-up
+                timed[0] += time.perf_counter() - step_start
+                timed[1] += len(batch[0])
+            if seconds_per_sample is None and timed[1] and (timed[1] >= 32 or step == len(train_loader) - 1):
+                seconds_per_sample = timed[0] / timed[1]
+                log(f"time per training sample: {seconds_per_sample * 1e3:.0f} ms -> about "
+                    f"{seconds_per_sample * len(train_set) / 60:.1f} min per epoch, "
+                    f"{seconds_per_sample * len(train_set) * args.epochs / 60:.1f} min for {args.epochs} epochs "
+                    f"(plus validation)")
+        bar.close()
+        policy.model.eval()
+        val_loss = _evaluate(policy, val_loader, args.speed_weight)
+        policy.model.train()
+        history.append({"epoch": epoch, "train_loss": total / count, "val_loss": val_loss,
+                        "seconds": time.perf_counter() - epoch_start})
+        val_text = "n/a" if val_loss is None else f"{val_loss:.4f}"
+        log(f"epoch {epoch}/{args.epochs}: train loss {total / count:.4f}, val loss {val_text}, "
+            f"{history[-1]['seconds']:.1f} s")
+
+    policy.model.eval()
+    policy.head.eval()
+    policy.model.requires_grad_(True)
+    save_vla(policy, args.output)
+    report = {
+        "config": policy.config,
+        "seed": args.seed,
+        "hyperparameters": {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay",
+                                                          "speed_weight", "val_fraction", "freeze_vision",
+                                                          "threads")},
+        "data": str(args.data),
+        "config_file": str(args.config),
+        "train_seeds": sorted(set(train_set.seeds)),
+        "val_seeds": sorted(set(val_set.seeds)),
+        "train_samples": len(train_set),
+        "val_samples": len(val_set),
+        "parameters": n_params,
+        "trained_parameters": n_trained,
+        "epochs": history,
+        "seconds_per_sample": seconds_per_sample,
+        "total_seconds": time.perf_counter() - start,
+        "torch": torch.__version__,
+    }
+    (args.output / TRAINING_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    log(f"saved to {args.output} in {report['total_seconds']:.0f} s")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point; exit status 0 on success, 2 on bad arguments or data."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _check_args(args, parser)
+    try:
+        train(args)
+    except ValueError as exc:
+        print(f"autoprune-train: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

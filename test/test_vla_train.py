@@ -1,0 +1,243 @@
+"""Training data and `autoprune-train`: targets from synthetic expert bags, kept flag and seed split, a tiny
+seeded training run that lowers its loss, saves safetensors only and reproduces itself; corrupt bags fail clearly."""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from autoprune_ros.vla.dataset import (
+    CONTROL_TOPIC,
+    IMAGE_TOPIC,
+    INSTRUCTION_TOPIC,
+    ODOM_TOPIC,
+    DrivingDataset,
+    episode_targets,
+    kept_episodes,
+    read_episode,
+    split_by_seed,
+)
+
+FRAMES, DT, SPEED = 30, 0.1, 5.0
+RADIUS = 10.0  # m, the turn's radius (left turn, yaw rate SPEED / RADIUS)
+CONFIG = Path(__file__).resolve().parents[1] / "config" / "models" / "tiny_llava.yaml"
+N_WP, WP_DT = 4, 0.5  # a 2 s horizon so that 30-frame episodes have 10 training frames
+
+
+def straight(s: float) -> tuple[float, float, float]:
+    """x, y, yaw after s seconds on a straight line at SPEED heading 0.6 rad from (1, 2)."""
+    yaw = 0.6
+    return 1.0 + SPEED * s * math.cos(yaw), 2.0 + SPEED * s * math.sin(yaw), yaw
+
+
+def turn(s: float) -> tuple[float, float, float]:
+    """x, y, yaw after s seconds on a left circle of RADIUS at SPEED, starting at (3, -2) heading -0.3 rad."""
+    yaw0, x0, y0 = -0.3, 3.0, -2.0
+    cx, cy = x0 - RADIUS * math.sin(yaw0), y0 + RADIUS * math.cos(yaw0)
+    theta = yaw0 + SPEED / RADIUS * s
+    return cx + RADIUS * math.sin(theta), cy - RADIUS * math.cos(theta), theta
+
+
+def write_episode(folder: Path, path_fn: Callable[[float], tuple[float, float, float]], seed: int, kept: bool = True,
+                  instructions: tuple[str, ...] = ("follow the lane",), topics: tuple[str, ...] | None = None) -> Path:
+    """A rosbag2 (mcap, v8) episode on the bag contract plus its episode.json; speed ramps 4 -> 6.9 m/s."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from autoprune_ros.replay.typestore import project_typestore
+
+    ts = project_typestore()
+    t = ts.types
+    rng = np.random.default_rng(seed)
+    types = {IMAGE_TOPIC: "sensor_msgs/msg/Image", ODOM_TOPIC: "nav_msgs/msg/Odometry",
+             CONTROL_TOPIC: "carla_msgs/msg/CarlaEgoVehicleControl", INSTRUCTION_TOPIC: "std_msgs/msg/String"}
+    topics = tuple(types) if topics is None else topics
+    with Writer(folder, version=8, storage_plugin=StoragePlugin.MCAP) as writer:
+        conns = {topic: writer.add_connection(topic, types[topic], typestore=ts) for topic in topics}
+
+        def put(topic: str, stamp_ns: int, msg: object) -> None:
+            if topic in conns:
+                writer.write(conns[topic], stamp_ns, ts.serialize_cdr(msg, types[topic]))
+
+        for i in range(FRAMES):
+            ns = 1_000_000_000 + i * 100_000_000
+            header = t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](sec=ns // 10**9,
+                                                                                     nanosec=ns % 10**9),
+                                              frame_id="map")
+            if i % 10 == 0:
+                put(INSTRUCTION_TOPIC, ns, t["std_msgs/msg/String"](data=instructions[(i // 10) % len(instructions)]))
+            pixels = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+            put(IMAGE_TOPIC, ns, t["sensor_msgs/msg/Image"](header=header, height=48, width=64, encoding="rgb8",
+                                                            is_bigendian=0, step=64 * 3, data=pixels.reshape(-1)))
+            x, y, yaw = path_fn(i * DT)
+            pose = t["geometry_msgs/msg/Pose"](
+                position=t["geometry_msgs/msg/Point"](x=x, y=y, z=0.0),
+                orientation=t["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=math.sin(yaw / 2), w=math.cos(yaw / 2)))
+            vec = t["geometry_msgs/msg/Vector3"]
+            twist = t["geometry_msgs/msg/Twist"](linear=vec(x=4.0 + 0.1 * i, y=0.0, z=0.0), angular=vec(x=0.0, y=0.0,
+                                                                                                       z=0.0))
+            put(ODOM_TOPIC, ns, t["nav_msgs/msg/Odometry"](
+                header=header, child_frame_id="hero",
+                pose=t["geometry_msgs/msg/PoseWithCovariance"](pose=pose, covariance=np.zeros(36)),
+                twist=t["geometry_msgs/msg/TwistWithCovariance"](twist=twist, covariance=np.zeros(36))))
+            put(CONTROL_TOPIC, ns, t["carla_msgs/msg/CarlaEgoVehicleControl"](
+                header=header, throttle=0.3, steer=-0.1, brake=0.0, hand_brake=False, reverse=False, gear=1,
+                manual_gear_shift=False))
+    (folder / "episode.json").write_text(json.dumps({"seed": seed, "kept": kept}), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def episodes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("expert")
+    return {
+        "straight": write_episode(root / "ep_straight", straight, seed=11, instructions=("follow the lane",
+                                                                                         "stop at the light")),
+        "turn": write_episode(root / "ep_turn", turn, seed=12, instructions=("turn left",)),
+        "straight2": write_episode(root / "ep_straight2", straight, seed=13),
+        "dropped": write_episode(root / "ep_dropped", turn, seed=14, kept=False),
+    }
+
+
+@pytest.fixture(scope="module")
+def small_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = yaml.safe_load(CONFIG.read_text(encoding="utf-8"))
+    cfg["action_head"].update(num_waypoints=N_WP, waypoint_dt=WP_DT)
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+def test_read_episode(episodes: dict[str, Path]) -> None:
+    ep = read_episode(episodes["straight"])
+    assert ep.images.shape == (FRAMES, 48, 64, 3) and ep.images.dtype == np.uint8
+    np.testing.assert_allclose(ep.stamps, np.arange(FRAMES) * DT, atol=1e-9)
+    np.testing.assert_allclose(ep.poses[3], straight(0.3), atol=1e-9)
+    np.testing.assert_allclose(ep.speeds, 4.0 + 0.1 * np.arange(FRAMES), atol=1e-6)
+    assert ep.instructions[:10] == ["follow the lane"] * 10 and ep.instructions[10:20] == ["stop at the light"] * 10
+    assert ep.instructions[20] == "follow the lane"
+    np.testing.assert_allclose(ep.controls[0], (-0.1, 0.3, 0.0), atol=1e-6)
+    assert ep.meta == {"seed": 11, "kept": True}
+
+
+def test_targets_straight_and_turn(episodes: dict[str, Path]) -> None:
+    ep = read_episode(episodes["straight"])
+    index, waypoints, target_speed = episode_targets(ep, N_WP, WP_DT)
+    assert index.tolist() == list(range(10))  # t + 2 s must be recorded (last stamp 2.9 s)
+    expected = np.stack([SPEED * WP_DT * np.arange(1, N_WP + 1), np.zeros(N_WP)], axis=-1)  # 2.5 m ahead per step
+    np.testing.assert_allclose(waypoints, np.broadcast_to(expected, waypoints.shape), atol=1e-6)
+    np.testing.assert_allclose(target_speed, 4.0 + 0.1 * (index + 10), atol=1e-6)  # speed 1 s later
+
+    ep = read_episode(episodes["turn"])
+    index, waypoints, _ = episode_targets(ep, N_WP, WP_DT)
+    angle = SPEED / RADIUS * WP_DT * np.arange(1, N_WP + 1)  # turned by 0.25 rad per waypoint
+    expected = np.stack([RADIUS * np.sin(angle), RADIUS * (1 - np.cos(angle))], axis=-1)  # ahead and to the left
+    assert expected[0] == pytest.approx((2.474, 0.311), abs=1e-3)
+    np.testing.assert_allclose(waypoints, np.broadcast_to(expected, waypoints.shape), atol=1e-6)
+
+    # N * dt longer than the episode: no frame has a full future, nothing is padded.
+    assert episode_targets(ep, 8, 0.5)[0].size == 0
+
+
+def test_kept_flag_and_seed_split(tmp_path: Path, episodes: dict[str, Path], small_config: Path) -> None:
+    dirs = sorted(episodes.values())
+    kept = kept_episodes(dirs)
+    assert episodes["dropped"] not in kept and len(kept) == 3
+    cfg = yaml.safe_load(small_config.read_text(encoding="utf-8"))
+    data = DrivingDataset(dirs, cfg)
+    assert len(data) == 30 and sorted(data.seeds) == [11, 12, 13]
+    image, instruction, speed, waypoints, target_speed = data[0]
+    assert image.shape == (48, 64, 3) and isinstance(instruction, str) and waypoints.shape == (N_WP, 2)
+    assert isinstance(speed, float) and isinstance(target_speed, float)
+
+    for seed in range(5):
+        train, val = split_by_seed(kept, 0.34, seed)
+        assert len(val) == 1 and len(train) == 2 and not set(train) & set(val)
+    assert split_by_seed(kept, 0.34, 3) == split_by_seed(kept, 0.34, 3)
+    # Two episodes of one seed always land on the same side.
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    (twin / "episode.json").write_text(json.dumps({"seed": 11, "kept": True}), encoding="utf-8")
+    for seed in range(6):
+        train, val = split_by_seed([*kept, twin], 0.34, seed)
+        side = train if twin in train else val
+        assert episodes["straight"] in side
+    assert split_by_seed(kept, 0.0, 0) == (kept, [])
+
+
+def test_corrupt_and_incomplete_bags(tmp_path: Path, episodes: dict[str, Path]) -> None:
+    bad = write_episode(tmp_path / "corrupt", straight, seed=1)
+    for mcap in bad.glob("*.mcap"):
+        data = mcap.read_bytes()
+        mcap.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="corrupt"):
+        read_episode(bad)
+
+    no_text = write_episode(tmp_path / "no_text", straight, seed=2, topics=(IMAGE_TOPIC, ODOM_TOPIC))
+    with pytest.raises(ValueError, match=f"no_text.*missing topic.*{INSTRUCTION_TOPIC}"):
+        read_episode(no_text)
+    with pytest.raises(ValueError, match="not_a_bag"):
+        read_episode(tmp_path / "not_a_bag")
+
+
+def _weights(folder: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return {f"{p.name}:{k}": v for p in sorted(folder.glob("*.safetensors")) for k, v in load_file(p).items()}
+
+
+def test_training_run(tmp_path: Path, episodes: dict[str, Path], small_config: Path,
+                      capsys: pytest.CaptureFixture[str]) -> None:
+    from autoprune_ros.vla.builder import load_vla
+    from autoprune_ros.vla.train import main
+
+    data = episodes["straight"].parent
+    args = ["--data", str(data), "--config", str(small_config), "--epochs", "2", "--seed", "0", "--batch-size", "4",
+            "--lr", "1e-3", "--val-fraction", "0.34", "--no-progress", "--threads", "2"]
+    out_a, out_b = tmp_path / "a", tmp_path / "b"
+    assert main([*args, "--output", str(out_a)]) == 0
+    report = json.loads((out_a / "training.json").read_text(encoding="utf-8"))
+    losses = [e["train_loss"] for e in report["epochs"]]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses) and losses[1] < losses[0]
+    assert all(math.isfinite(e["val_loss"]) for e in report["epochs"])
+    assert not set(report["train_seeds"]) & set(report["val_seeds"]) and 14 not in report["train_seeds"]
+    assert report["train_samples"] == 20 and report["val_samples"] == 10 and report["seconds_per_sample"] > 0
+    assert "time per training sample" in capsys.readouterr().out
+
+    files = {p.name for p in out_a.iterdir()}
+    assert not {f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))}
+    assert {"model.safetensors", "action_head.safetensors"} <= files
+    policy = load_vla(out_a)
+    action = policy.act([np.zeros((48, 64, 3), np.uint8)], "follow the lane", 5.0).action
+    assert action.waypoints.shape == (N_WP, 2) and np.isfinite(action.waypoints).all()
+
+    with pytest.raises(SystemExit):  # refuses a non-empty output without --force
+        main([*args, "--output", str(out_a)])
+
+    assert main([*args, "--output", str(out_b)]) == 0
+    again = json.loads((out_b / "training.json").read_text(encoding="utf-8"))
+    assert [e["train_loss"] for e in again["epochs"]] == losses
+    wa, wb = _weights(out_a), _weights(out_b)
+    assert wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
+
+
+def test_batched_encoding_matches_the_policy(small_config: Path) -> None:
+    import torch
+
+    from autoprune_ros.vla.builder import build_tiny_vla
+    from autoprune_ros.vla.train import encode_batch
+
+    policy = build_tiny_vla(small_config, seed=3)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(3)]
+    texts = ["go", "turn left at the second intersection after the bridge", "stop"]  # prompts of unequal length
+    speeds = [0.0, 7.5, 12.25]
+    with torch.no_grad():
+        batched = encode_batch(policy, images, texts, speeds)
+        single = torch.stack([policy._encode([im], t, s)[0] for im, t, s in zip(images, texts, speeds, strict=True)])
+    assert batched.shape == single.shape
+    torch.testing.assert_close(batched, single, atol=1e-4, rtol=1e-4)
