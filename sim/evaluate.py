@@ -24,13 +24,13 @@ EXPERT = "expert"
 POLICIES = ("none", "autoprune", "fastv", "pdrop")
 
 
-def node_params(config: str, latency_budget_ms: float) -> dict:
+def node_params(config: str, latency_budget_ms: float, model: str = "tiny") -> dict:
     """Node parameters for a configuration string (see the module docstring)."""
     policy, _, budget = config.partition(":")
     if policy not in POLICIES or (policy == "none") != (budget == ""):
         raise ValueError(f"bad configuration {config!r}: use none, <policy>:<tokens> or <policy>:governed with "
                          f"policy in {POLICIES[1:]}")
-    params = {"pruning_policy": policy, "use_sim_time": True, "camera_timeout_s": 60.0,
+    params = {"pruning_policy": policy, "model": model, "use_sim_time": True, "camera_timeout_s": 60.0,
               "hard_deadline_ms": 60000.0, "latency_budget_ms": latency_budget_ms}
     if budget and budget != "governed":
         if not budget.isdigit() or int(budget) < 1:
@@ -63,7 +63,8 @@ def run_one(config: str, seed: int, args: argparse.Namespace, workdir: Path) -> 
         bridge_cmd.append("--expert")
     with open(workdir / f"{out.stem}.log", "w") as log:
         node = None if config == EXPERT else start_module(
-            "autoprune_ros.ros.node", ros_args(node_params(config, args.latency_budget_ms)), env=env, stdout=log,
+            "autoprune_ros.ros.node", ros_args(node_params(config, args.latency_budget_ms, args.model)), env=env,
+            stdout=log,
             stderr=subprocess.STDOUT)
         bridge = subprocess.Popen(bridge_cmd, env=sim_env, stdout=log, stderr=subprocess.STDOUT,
                                   start_new_session=True)
@@ -179,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ticks", type=int, default=600, help="tick limit per route (0.1 s each)")
     parser.add_argument("--traffic-density", type=float, default=0.1)
     parser.add_argument("--latency-budget-ms", type=float, default=100.0, help="the node's latency budget")
+    parser.add_argument("--model", default="tiny",
+                        help="the node's model: 'tiny' (untrained, built from config) or a folder from autoprune-train")
     parser.add_argument("--control-timeout", type=float, default=5.0, help="seconds the bridge waits per control")
     parser.add_argument("--run-timeout", type=float, default=1800.0, help="seconds before a run is abandoned")
     parser.add_argument("--sim-python", type=Path, default=None, help="the simulator environment's python")

@@ -18,6 +18,8 @@ def test_configuration_strings() -> None:
     fixed = node_params("autoprune:22", 100.0)
     assert (fixed["min_token_budget"], fixed["max_token_budget"], fixed["use_sim_time"]) == (22, 22, True)
     assert "min_token_budget" not in node_params("fastv:governed", 80.0)
+    assert node_params("none", 100.0)["model"] == "tiny"
+    assert node_params("none", 100.0, "models/tiny_drive")["model"] == "models/tiny_drive"
     for bad in ("tome:64", "autoprune", "none:5", "pdrop:-3"):
         with pytest.raises(ValueError, match="bad"):
             node_params(bad, 100.0)
