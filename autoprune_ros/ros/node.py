@@ -126,8 +126,7 @@ class AutoPruneNode(LifecycleNode):
             raise ValueError("camera_topics is empty: name at least one camera topic")
         policy = self._load_policy()
         self.max_steer = policy.controller.max_steer_angle
-        self.pipeline = FramePipeline(policy, self._param("pruning_policy"), self._make_governor(policy),
-                                      complexity_aware=self._param("complexity_aware"))
+        self.pipeline = FramePipeline(policy, self._param("pruning_policy"), self._make_governor(policy))
         self._calibrate()
         self.trajectory_pub = self.create_lifecycle_publisher(Path, "/autoprune/trajectory", 10)
         self.stats_pub = self.create_lifecycle_publisher(DiagnosticStatus, FRAME_STATS_TOPIC, 10)
@@ -292,7 +291,6 @@ class AutoPruneNode(LifecycleNode):
             cap = self.pipeline.visual_tokens(len(self.camera_topics))
             governor.set_limits(min(current["min_token_budget"], cap), min(current["max_token_budget"], cap))
         elif name == "complexity_aware":
-            self.pipeline.complexity_aware = value
             governor.complexity_aware = value
 
     # ---- callbacks (executor thread; never block)

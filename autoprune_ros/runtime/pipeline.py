@@ -31,16 +31,14 @@ class FrameResult:
 
 
 class FramePipeline:
-    def __init__(self, policy: VLAPolicy, policy_name: str = "autoprune", governor=None,
-                 fixed_budget: float | None = None, complexity_aware: bool = False) -> None:
+    def __init__(self, policy: VLAPolicy, policy_name: str = "autoprune", governor=None) -> None:
         self.policy = policy
         self.governor = governor
-        self.fixed_budget = fixed_budget
-        self.complexity_aware = complexity_aware
         self.num_layers = policy.model.config.text_config.num_hidden_layers
         self.set_policy(policy_name)
         # A frame's complexity is measured during its own prefill, after its budget is chosen: the governor gets
-        # the previous frame's value (consecutive frames at 10 Hz see nearly the same scene).
+        # the previous frame's value (consecutive frames at 10 Hz see nearly the same scene) and uses it only in
+        # its complexity-aware mode.
         self.last_complexity: float | None = None
 
     def set_policy(self, name: str) -> None:
@@ -63,13 +61,12 @@ class FramePipeline:
             budget = None
         elif budget is not None:
             reason = "budget given"
-        else:
-            if governed:
-                choice = self.governor.choose(self.last_complexity if self.complexity_aware else None)
-                budget, feasible, reason, predicted = choice.budget, choice.feasible, choice.reason, choice.predicted_ms
-            else:
-                budget, reason = self.fixed_budget or num_visual, "fixed budget"
+        elif governed:
+            choice = self.governor.choose(self.last_complexity)
+            budget, feasible, reason, predicted = choice.budget, choice.feasible, choice.reason, choice.predicted_ms
             budget = min(budget, num_visual)
+        else:
+            budget, reason = num_visual, "no governor: every visual token"
         config = {"policy": self.policy_name} if budget is None else {"policy": self.policy_name, "budget": budget}
         pruning = build_policy(config, self.num_layers, num_visual)
         output = self.policy.act(list(views), instruction, speed_mps, dt, pruning=pruning)
