@@ -34,3 +34,20 @@ def share_dir() -> Path:
 def config_path(*parts: str) -> Path:
     """A file under the package's config/ folder."""
     return share_dir().joinpath("config", *parts)
+
+
+BUILT_FROM_CONFIG = "tiny"  # the model name that means "build from config/models/tiny_llava.yaml, random weights"
+
+
+def resolve_model(model: str) -> str:
+    """The node's `model` value as something `load_vla` reads: 'tiny' stays; an existing folder is used as is;
+    a bare name is looked up under the package's models/ folder (e.g. 'tiny_drive', the bundled driving VLA)."""
+    if model == BUILT_FROM_CONFIG or Path(model).is_dir():
+        return model
+    bundled = share_dir() / "models" / model
+    if "/" not in model and bundled.is_dir():
+        return str(bundled)
+    available = sorted(p.name for p in (share_dir() / "models").iterdir() if p.is_dir())
+    raise FileNotFoundError(f"model {model!r} is neither a folder nor a bundled model (bundled: "
+                            f"{', '.join(available) or 'none'}); pass 'tiny', a bundled name or a folder written by "
+                            "autoprune-train / save_vla")

@@ -138,52 +138,28 @@ class AutoPruneNode(LifecycleNode):
                                f"{self._param('pruning_policy')}, latency budget {self._param('latency_budget_ms')} ms")
 
     def _load_policy(self):
-        import torch
+        from autoprune_ros.runtime.policy_setup import load_policy
 
-        from autoprune_ros.paths import config_path
-        from autoprune_ros.vla.builder import build_tiny_vla, load_vla
-
-        if self._param("num_threads"):
-            torch.set_num_threads(self._param("num_threads"))
-        device, dtype = self._param("device"), getattr(torch, self._param("dtype"))
-        if device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("device is 'cuda' but torch sees no CUDA GPU: set device:=cpu or check the driver")
-        model = self._param("model")
+        model, device = self._param("model"), self._param("device")
         start = time.perf_counter()
-        if model == "tiny":
-            policy = build_tiny_vla(config_path("models", "tiny_llava.yaml"), seed=self._param("seed"))
-        else:
-            policy = load_vla(model)
-        policy.to(device, dtype)
-        policy.warmup()
+        policy = load_policy(model, seed=self._param("seed"), device=device, dtype=self._param("dtype"),
+                             threads=self._param("num_threads"))
         self.get_logger().info(f"model {model!r} loaded and warmed up on {device} ({self._param('dtype')}) in "
                                f"{time.perf_counter() - start:.1f} s")
         return policy
 
     def _make_governor(self, policy):
-        from autoprune_ros.runtime.governor import LatencyGovernor
+        from autoprune_ros.runtime.policy_setup import make_governor
 
-        num_visual = policy.visual_tokens_per_image * len(self._param("camera_topics"))
-        return LatencyGovernor(self._param("latency_budget_ms"), min(self._param("min_token_budget"), num_visual),
-                               min(self._param("max_token_budget"), num_visual),
-                               policy.model.config.text_config.num_hidden_layers,
-                               complexity_aware=self._param("complexity_aware"))
+        return make_governor(policy, len(self._param("camera_topics")), self._param("latency_budget_ms"),
+                             self._param("min_token_budget"), self._param("max_token_budget"),
+                             self._param("complexity_aware"))
 
     def _calibrate(self) -> None:
         """Seed the latency model with a few frames at the smallest, middle and largest budgets."""
-        frames = self._param("calibration_frames")
-        governor = self.pipeline.governor
-        if not frames or self.pipeline.policy_name == "none":
-            return
-        views = [np.full((480, 640, 3), 127, np.uint8)] * len(self.camera_topics)
-        low, high = governor.min_tokens, governor.max_tokens
-        samples = []
-        for budget in sorted({low, (low + high) // 2, high}):
-            for _ in range(frames):
-                out = self.pipeline.step(views, self.instruction, 0.0, budget=budget).output
-                samples.append((budget, out.timings_ms["model"]))
-        governor.calibrate(samples)
-        self.pipeline.policy.reset()
+        from autoprune_ros.runtime.policy_setup import calibrate
+
+        calibrate(self.pipeline, len(self.camera_topics), self.instruction, self._param("calibration_frames"))
 
     def _subscribe_cameras(self) -> None:
         """Camera inputs exist only while active: publishers see no subscriber until the node can answer."""

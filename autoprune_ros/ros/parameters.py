@@ -36,8 +36,9 @@ class Param:
 
 PARAMETERS: dict[str, Param] = {
     "autostart": Param(True, "configure and activate at start (otherwise drive the lifecycle externally)", True),
-    "model": Param("tiny", "'tiny' (built from config/models/tiny_llava.yaml) or a folder written by save_vla "
-                   "(safetensors only)", True),
+    "model": Param("tiny", "'tiny' (built from config/models/tiny_llava.yaml, untrained), a bundled "
+                   "model name under models/ (tiny_drive: the driving VLA) or a folder written by save_vla "
+                   "(safetensors)", True),
     "seed": Param(0, "weight seed for models built from config", True, (0, 2**31 - 1)),
     "device": Param("cpu", "inference device", True, choices=("cpu", "cuda")),
     "dtype": Param("float32", "weights and activations (float16/bfloat16 need cuda)", True,
