@@ -42,7 +42,7 @@ setup(
             "autoprune-replay = autoprune_ros.replay.cli:main",
             "autoprune-closed-loop = autoprune_sim.evaluate:main",
             "autoprune-bench = autoprune_ros.bench:main",
-            "autoprune-demo = autoprune_ros.ros.demo:main",
+            "autoprune-demo = autoprune_sim.demo:main",
             "autoprune-train = autoprune_ros.vla.train:main",
         ],
     },

@@ -17,26 +17,12 @@ import sys
 import time
 from pathlib import Path
 
+from autoprune_ros.runtime.configs import POLICIES, node_params
+from autoprune_sim.instructions import parse_schedule
 from autoprune_sim.metrics import RouteResult, summarize
 
 REPO = Path(__file__).resolve().parent.parent
 EXPERT = "expert"
-POLICIES = ("none", "autoprune", "fastv", "pdrop")
-
-
-def node_params(config: str, latency_budget_ms: float, model: str = "tiny") -> dict:
-    """Node parameters for a configuration string (see the module docstring)."""
-    policy, _, budget = config.partition(":")
-    if policy not in POLICIES or (policy == "none") != (budget == ""):
-        raise ValueError(f"bad configuration {config!r}: use none, <policy>:<tokens> or <policy>:governed with "
-                         f"policy in {POLICIES[1:]}")
-    params = {"pruning_policy": policy, "model": model, "use_sim_time": True, "camera_timeout_s": 60.0,
-              "hard_deadline_ms": 60000.0, "latency_budget_ms": latency_budget_ms}
-    if budget and budget != "governed":
-        if not budget.isdigit() or int(budget) < 1:
-            raise ValueError(f"bad token budget in {config!r}: a positive integer or 'governed'")
-        params.update(min_token_budget=int(budget), max_token_budget=int(budget))
-    return params
 
 
 def _sim_python(path: Path | None) -> Path:
@@ -47,8 +33,31 @@ def _sim_python(path: Path | None) -> Path:
     return Path(python)
 
 
+def _follow(bridge: subprocess.Popen, log, bar) -> None:
+    """Copy the bridge's stdout into the run's log; its progress lines move the route's progress bar."""
+    from autoprune_sim.metadrive_bridge import PROGRESS_PREFIX
+
+    for line in bridge.stdout:
+        if not line.startswith(PROGRESS_PREFIX):
+            log.write(line)
+            continue
+        try:
+            state = json.loads(line[len(PROGRESS_PREFIX):])
+        except json.JSONDecodeError:
+            continue
+        bar.total, bar.n = state["ticks"], state["tick"]
+        bar.set_postfix(route=f"{100 * state['completion']:.0f}%", speed=f"{state['speed_mps']:.1f} m/s",
+                        instruction=state["instruction"], refresh=False)
+        bar.refresh()
+
+
 def run_one(config: str, seed: int, args: argparse.Namespace, workdir: Path) -> RouteResult:
-    """One route: the bridge (and, unless expert, the node) as processes; returns the bridge's result."""
+    """One route: the bridge (and, unless expert, the node) as processes; returns the bridge's result. A tick
+    progress bar follows the route live."""
+    import threading
+
+    from tqdm import tqdm
+
     from autoprune_ros.processes import ros_args, start_module, stop
     from autoprune_ros.rosenv import ros_environment
 
@@ -58,22 +67,26 @@ def run_one(config: str, seed: int, args: argparse.Namespace, workdir: Path) -> 
     sim_env = dict(env, AMENT_PREFIX_PATH=str(sim_python.parent.parent))
     bridge_cmd = [str(sim_python), "-m", "autoprune_sim.metadrive_bridge", "--seed", str(seed), "--map", str(args.map),
                   "--ticks", str(args.ticks), "--mode", args.mode, "--traffic-density", str(args.traffic_density),
-                  "--control-timeout", str(args.control_timeout), "--output", str(out)]
+                  "--control-timeout", str(args.control_timeout), "--output", str(out), "--progress",
+                  "--instruction-schedule", args.instruction_schedule]
     if config == EXPERT:
         bridge_cmd.append("--expert")
-    with open(workdir / f"{out.stem}.log", "w") as log:
+    with (open(workdir / f"{out.stem}.log", "w") as log,
+          tqdm(total=args.ticks, desc=f"{config} seed {seed}", unit="tick", leave=False, position=1) as bar):
         node = None if config == EXPERT else start_module(
             "autoprune_ros.ros.node", ros_args(node_params(config, args.latency_budget_ms, args.model)), env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT)
-        bridge = subprocess.Popen(bridge_cmd, env=sim_env, stdout=log, stderr=subprocess.STDOUT,
+            stdout=log, stderr=subprocess.STDOUT)
+        bridge = subprocess.Popen(bridge_cmd, env=sim_env, stdout=subprocess.PIPE, stderr=log, text=True,
                                   start_new_session=True)
+        follower = threading.Thread(target=_follow, args=(bridge, log, bar), daemon=True)
+        follower.start()
         try:
             status = bridge.wait(timeout=args.run_timeout)
         except subprocess.TimeoutExpired:
             status = None
         finally:
             stop(bridge)
+            follower.join(timeout=5.0)
             if node is not None:
                 stop(node)
     if status != 0 or not out.exists():
@@ -146,7 +159,8 @@ def _plots(by_config: dict[str, list[RouteResult]], summaries: dict, output_dir:
                    title="Latency vs budget")
     for ax in (score_ax, latency_ax):
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout()
     fig.savefig(output_dir / "score_latency_vs_budget.png", dpi=120)
     plt.close(fig)
@@ -182,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-budget-ms", type=float, default=100.0, help="the node's latency budget")
     parser.add_argument("--model", default="tiny",
                         help="the node's model: 'tiny' (untrained, built from config) or a folder from autoprune-train")
+    parser.add_argument("--instruction-schedule", default="",
+                        help="override the route's commands over tick ranges for every run, e.g. stop:100-160 "
+                        "(the instruction check); the expert ignores it")
     parser.add_argument("--control-timeout", type=float, default=5.0, help="seconds the bridge waits per control")
     parser.add_argument("--run-timeout", type=float, default=1800.0, help="seconds before a run is abandoned")
     parser.add_argument("--sim-python", type=Path, default=None, help="the simulator environment's python")
@@ -196,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         for config in args.configs:
             node_params(config, args.latency_budget_ms)
         _sim_python(args.sim_python)
+        parse_schedule(args.instruction_schedule)
     except (ValueError, FileNotFoundError) as exc:
         print(f"autoprune-closed-loop: {exc}", file=sys.stderr)
         return 2
@@ -205,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     results_path = args.output_dir / "results.json"
     results = _load(results_path) if args.resume else {"runs": {}}
     results["mode"] = args.mode
+    results["instruction_schedule"] = args.instruction_schedule
     configs = ([] if args.no_expert else [EXPERT]) + list(args.configs)
     todo = [(c, s) for c in configs for s in args.seeds if f"{c}/seed{s}" not in results["runs"]]
     skipped = len(configs) * len(args.seeds) - len(todo)

@@ -35,6 +35,7 @@ from std_msgs.msg import Float32MultiArray, String
 
 from autoprune_sim import ros_contract as contract
 from autoprune_sim.control_delay import ControlDelay
+from autoprune_sim.instructions import override_at, parse_schedule
 from autoprune_sim.metadrive_env import STEP_S, Route, ego_state, frame_rgb, make_env
 from autoprune_sim.metrics import (
     COLLISION_LAYOUT,
@@ -50,6 +51,8 @@ from autoprune_sim.metrics import (
 LANE_STATE_TOPIC = "/metadrive/hero/lane_state"  # [lateral offset m (left +), heading error rad (left +), speed m/s]
 STUCK_TICKS = 300  # 30 s below 0.1 m/s after having moved: the route is abandoned as blocked
 NEUTRAL = (0.0, 0.0, 1.0)  # (steer, throttle, brake) before the first control arrives
+PROGRESS_PREFIX = "progress "  # --progress lines on stdout: this prefix, then one JSON object
+PROGRESS_EVERY = 10  # ticks
 RESEND_AFTER_S = 1.0  # re-publish a frame once if no control came by then (lost sample, not a slow node)
 
 
@@ -102,6 +105,7 @@ def run(args: argparse.Namespace, stop_requested) -> RouteResult:
     infractions: list[Infraction] = []
     speeds, positions, latencies, kept, timeouts, resends = [], [], [], [], 0, 0
     status = "Failed - not started"
+    schedule = parse_schedule(args.instruction_schedule) if args.instruction_schedule else []
     try:
         obs = env.reset()
         route = Route(env)
@@ -120,7 +124,7 @@ def run(args: argparse.Namespace, stop_requested) -> RouteResult:
             stamp = contract.stamp(sim_time)
             key = contract.stamp_ns(stamp)
             state = ego_state(env)
-            command = route.instruction(env)
+            command = override_at(schedule, tick) or route.instruction(env)
             if command != instruction:
                 node.instruction_pub.publish(String(data=command))
                 instruction = command
@@ -165,6 +169,9 @@ def run(args: argparse.Namespace, stop_requested) -> RouteResult:
                 infractions.append(Infraction(OFF_ROAD, sim_time, "out of road",
                                               value=100.0 * off_m / max(route.length_m, 1.0)))
             still = still + 1 if state.speed < 0.1 and tick > 20 else 0
+            if args.progress and tick % PROGRESS_EVERY == 0:
+                print(PROGRESS_PREFIX + json.dumps({"tick": tick, "ticks": args.ticks, "completion": progress.value,
+                                                    "speed_mps": state.speed, "instruction": command}), flush=True)
             if info.get("arrive_dest"):
                 status = "Completed"
                 break
@@ -189,7 +196,8 @@ def run(args: argparse.Namespace, stop_requested) -> RouteResult:
                            meta={"mode": "expert (MetaDrive IDM)" if args.expert else args.mode,
                                  "frame_resends": resends, "control_delay": delay.describe(),
                                  "simulator": "metadrive 0.3.0.1", "map": args.map,
-                                 "traffic_density": args.traffic_density})
+                                 "traffic_density": args.traffic_density,
+                                 "instruction_schedule": args.instruction_schedule})
     finally:
         node.destroy_node()
         env.close()
@@ -209,9 +217,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--traffic-density", type=float, default=0.1)
     parser.add_argument("--expert", action="store_true",
                         help="MetaDrive's IDM policy drives (the reference row); controls on ROS are ignored")
+    parser.add_argument("--instruction-schedule", default="",
+                        help="override the route's commands over tick ranges, e.g. stop:100-160 (ticks, end "
+                        "exclusive); the instruction check of the driving model uses it")
+    parser.add_argument("--progress", action="store_true",
+                        help=f"print a '{PROGRESS_PREFIX.strip()}' JSON line every {PROGRESS_EVERY} ticks on stdout")
     parser.add_argument("--output", type=Path, default=None, help="route result JSON (default: stdout)")
     args = parser.parse_args(argv)
     args.map = int(args.map) if args.map.isdigit() else args.map
+    try:
+        parse_schedule(args.instruction_schedule)
+    except ValueError as exc:
+        parser.error(str(exc))
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     stop = {"requested": False}
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -27,10 +27,8 @@ from typing import Any
 import numpy as np
 
 from autoprune_sim import ros_contract as contract
+from autoprune_sim.instructions import SLOW_DOWN, STOP, Segment, command_name, override_at, parse_schedule
 
-SLOW_DOWN = "slow down"
-STOP = "stop"
-OVERRIDES = (SLOW_DOWN, STOP)
 SLOW_FACTOR = 0.5  # "slow down": this fraction of IDM's target speed
 DEFAULT_MIX = {STOP: 0.25, SLOW_DOWN: 0.25}
 # Random schedule shape, in ticks: warm-up before the first possible override, the gap between opportunities and
@@ -82,14 +80,6 @@ def parse_maps(text: str) -> list[int | str]:
     return maps
 
 
-def _command(name: str) -> str:
-    name = name.strip().lower().replace("_", " ")
-    aliases = {"slow": SLOW_DOWN, "slow down": SLOW_DOWN, "stop": STOP}
-    if name not in aliases:
-        raise ValueError(f"unknown instruction {name!r}: use stop or slow down")
-    return aliases[name]
-
-
 def parse_mix(text: str) -> dict[str, float]:
     """"stop=0.25,slow=0.25": the chance that each opportunity inserts that command (sum <= 1)."""
     mix = {STOP: 0.0, SLOW_DOWN: 0.0}
@@ -101,35 +91,10 @@ def parse_mix(text: str) -> dict[str, float]:
             raise ValueError(f"bad instruction mix entry {part!r}: use name=probability") from None
         if not 0.0 <= prob <= 1.0:
             raise ValueError(f"probability of {name.strip()!r} must lie in [0, 1], got {prob}")
-        mix[_command(name)] = prob
+        mix[command_name(name)] = prob
     if sum(mix.values()) > 1.0 + 1e-9:
         raise ValueError(f"instruction mix probabilities sum to {sum(mix.values()):.2f} > 1")
     return mix
-
-
-@dataclass(frozen=True)
-class Segment:
-    """An override instruction for ticks [start, end)."""
-
-    instruction: str
-    start: int
-    end: int
-
-
-def parse_schedule(text: str) -> list[Segment]:
-    """"stop:20-45,slow:50-80": fixed override segments (tick ranges, end exclusive) for every episode."""
-    segments = []
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        name, _, span = part.partition(":")
-        low, _, high = span.partition("-")
-        if not (low.strip().isdigit() and high.strip().isdigit()) or int(high) <= int(low):
-            raise ValueError(f"bad schedule entry {part!r}: use instruction:start-end with end > start")
-        segments.append(Segment(_command(name), int(low), int(high)))
-    segments.sort(key=lambda s: s.start)
-    for a, b in zip(segments, segments[1:], strict=False):
-        if b.start < a.end:
-            raise ValueError(f"schedule segments overlap: {a} and {b}")
-    return segments
 
 
 def random_schedule(seed: int, mix_seed: int, ticks: int, mix: dict[str, float]) -> list[Segment]:
@@ -150,13 +115,6 @@ def random_schedule(seed: int, mix_seed: int, ticks: int, mix: dict[str, float])
             t = end
         t += int(rng.integers(*GAP_TICKS))
     return segments
-
-
-def override_at(segments: list[Segment], tick: int) -> str | None:
-    for segment in segments:
-        if segment.start <= tick < segment.end:
-            return segment.instruction
-    return None
 
 
 # ---- the expert
