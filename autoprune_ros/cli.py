@@ -2,14 +2,7 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-
-
-def not_built_yet(prog: str, what: str, issue: str) -> int:
-    """Say that a command exists but its capability has not landed yet; exit status 2."""
-    print(f"{prog}: not built yet: {what} lands with the issue \"{issue}\".", file=sys.stderr)
-    return 2
 
 
 def write_json(path: Path, data: object) -> Path:

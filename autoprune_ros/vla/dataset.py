@@ -157,13 +157,15 @@ def read_episode(bag_dir: str | Path) -> Episode:
     )
 
 
-def episode_targets(episode: Episode, num_waypoints: int, waypoint_dt: float,
-                    speed_horizon: float = SPEED_HORIZON_S) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Training targets of the frames that have the whole future recorded: (frame indices (M,), waypoints
-    (M, N, 2) = ego positions at t + k * waypoint_dt, k = 1..N, linearly interpolated on the recorded poses and
-    expressed in the ego frame at t (x forward, y left), target speeds (M,) = recorded speed at t + speed_horizon,
-    interpolated). Frames closer to the end than max(N * waypoint_dt, speed_horizon) are skipped, not padded."""
-    stamps, poses = episode.stamps, episode.poses
+def future_targets(stamps: np.ndarray, poses: np.ndarray, speeds: np.ndarray, num_waypoints: int,
+                   waypoint_dt: float, speed_horizon: float = SPEED_HORIZON_S,
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What a driver recorded after each sample of a track: stamps (T,) s in increasing order, poses (T, 3)
+    map-frame x, y, yaw, speeds (T,) m/s -> (indices (M,) of the samples that have the whole future recorded,
+    waypoints (M, N, 2) = ego positions at t + k * waypoint_dt, k = 1..N, linearly interpolated on the poses and
+    expressed in the ego frame at t (x forward, y left), target speeds (M,) = speed at t + speed_horizon,
+    interpolated). Samples closer to the end than max(N * waypoint_dt, speed_horizon) are skipped, not padded.
+    Shared by training (targets) and replay (the reference a policy's outputs are scored against)."""
     horizon = max(num_waypoints * waypoint_dt, speed_horizon)
     index = np.flatnonzero(stamps + horizon <= stamps[-1] + _EPS)
     if index.size == 0:
@@ -174,8 +176,15 @@ def episode_targets(episode: Episode, num_waypoints: int, waypoint_dt: float,
     fy = np.interp(future, stamps, poses[:, 1]) - poses[index, 1, None]
     cos, sin = np.cos(poses[index, 2])[:, None], np.sin(poses[index, 2])[:, None]
     waypoints = np.stack((cos * fx + sin * fy, -sin * fx + cos * fy), axis=-1)
-    target_speed = np.interp(t + speed_horizon, stamps, episode.speeds)
+    target_speed = np.interp(t + speed_horizon, stamps, speeds)
     return index, waypoints, target_speed
+
+
+def episode_targets(episode: Episode, num_waypoints: int, waypoint_dt: float,
+                    speed_horizon: float = SPEED_HORIZON_S) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Training targets of the frames that have the whole future recorded: (frame indices (M,), waypoints
+    (M, N, 2), target speeds (M,)) as `future_targets` computes them on the episode's odometry."""
+    return future_targets(episode.stamps, episode.poses, episode.speeds, num_waypoints, waypoint_dt, speed_horizon)
 
 
 def find_episodes(root: str | Path) -> list[Path]:
