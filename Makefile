@@ -13,12 +13,13 @@ PIP_FLAGS := --quiet --disable-pip-version-check
 IN_ROS_ENV := $(VENV)/bin/python -m autoprune_ros.rosenv --
 MSG_SOURCES := $(shell find msgs -type f)
 
-.PHONY: help setup setup-main setup-sim test lint demo clean distclean
+.PHONY: help setup setup-main setup-sim test lint demo model clean distclean
 
 help:
 	@echo "make demo   set everything up, then run the demo on the bundled defaults"
 	@echo "make test   set everything up, then run ruff and the test suite"
 	@echo "make setup  only set up: .venv (main), .venv-sim (simulator), interface packages"
+	@echo "make model  re-record the expert data and retrain the bundled driving VLA (about 1.5 h on 2 cores)"
 	@echo "make lint   ruff only;  make clean: build outputs;  make distclean: also both environments"
 
 setup: setup-main setup-sim
@@ -64,6 +65,16 @@ test: setup lint
 
 demo: setup
 	$(IN_ROS_ENV) $(VENV)/bin/autoprune-demo
+
+# ---- the bundled driving VLA (models/README.md): expert data in two parallel recorders, then training
+EXPERT_DATA := data/expert
+$(EXPERT_DATA)/a/dataset.json $(EXPERT_DATA)/b/dataset.json: | setup
+	AMENT_PREFIX_PATH=$(CURDIR)/$(SIM_VENV) $(SIM_VENV)/bin/python -m autoprune_sim.record_expert --resume \
+		--seeds $(if $(findstring /a/,$@),0-21,22-43) --maps 3,4,SCX --ticks 600 --output-dir $(@D) --no-progress
+
+model: $(EXPERT_DATA)/a/dataset.json $(EXPERT_DATA)/b/dataset.json
+	HF_HUB_OFFLINE=1 $(VENV)/bin/autoprune-train --data $(EXPERT_DATA) --output models/tiny_drive --force \
+		--epochs 3 --seed 0 --threads 1
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache *.egg-info results/demo
