@@ -20,9 +20,9 @@ DESCRIPTION = """Replay the camera, instruction and odometry topics of a bag (ro
 Writes report.json, report.md and plots (tokens.png, latency.png, actions.png) to the output folder, prints the
 summary table and the regression gate's verdict (thresholds: --gate; comparison: --baseline)."""
 EXAMPLE = """examples:
-  python -m autoprune_ros.replay.sample_bag /tmp/sample --frames 60
-  autoprune-replay /tmp/sample --configs none autoprune:64 --output-dir /tmp/base
-  autoprune-replay /tmp/sample --configs none autoprune:64 --baseline /tmp/base/report.json
+  python -m autoprune_ros.replay.sample_bag data/sample_bag --frames 60
+  autoprune-replay data/sample_bag --configs none autoprune:64 --output-dir results/replay/base
+  autoprune-replay data/sample_bag --configs none autoprune:64 --baseline results/replay/base/report.json
 
 exit status: 0 the gate passed (or --no-gate), 1 a check regressed (the table names it), 2 a usage, bag, model
 or gate-file error (one line on stderr)."""

@@ -6,7 +6,7 @@ t x 100 ms, bag time = header stamp. Per tick the bag holds, in this order: the 
 change), the secondary cameras, the primary camera (so a live node's frame sync finds the other views
 already there), odometry and the CARLA-convention control.
 
-    python -m autoprune_ros.replay.sample_bag /tmp/sample --storage mcap --frames 30
+    python -m autoprune_ros.replay.sample_bag data/sample_bag --storage mcap --frames 30
 """
 from __future__ import annotations
 
