@@ -223,12 +223,20 @@ def test_cpu_rejects_half_precision(policy: VLAPolicy) -> None:
         ("controller", "wheelbase", -1.0, "controller.*wheelbase must be > 0"),
         ("action_head", "num_waypoints", 0, "'action_head.num_waypoints' must be > 0"),
         ("prompt", "template", "USER: {images}", "must contain {instruction}"),
+        ("pruning", "compact_positions", 1, "'pruning.compact_positions' must be of type bool"),
     ],
 )
 def test_config_validation_names_the_bad_key(config: dict, section: str, key: str, value, message: str) -> None:
     broken = {**config, section: {**config[section], key: value}}
     with pytest.raises(ValueError, match=message):
         validate_model_config(broken)
+
+
+def test_pruning_positions_default_to_compact_and_accept_a_bool(config: dict) -> None:
+    without = {k: v for k, v in config.items() if k != "pruning"}
+    assert validate_model_config(without)["pruning"]["compact_positions"] is True
+    assert validate_model_config({**config, "pruning": {"compact_positions": False}})["pruning"] == {
+        "compact_positions": False}
 
 
 def test_config_missing_key_is_named(config: dict) -> None:

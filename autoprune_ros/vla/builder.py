@@ -83,6 +83,9 @@ _SCHEMA: dict[str, _Key | dict[str, _Key]] = {
         "hidden_size": _pos(int, 256),
         "max_speed": _pos(float, 20.0),
     },
+    # How the pruned prefill places the kept tokens: compact positions (renumbered 0..n-1, as the AutoPrune and
+    # FastV authors run LLaVA) or the positions they had in the full prompt.
+    "pruning": {"compact_positions": _Key(bool, True)},
     # Ranges are checked by WaypointController itself; defaults are its own.
     "controller": {f.name: _Key(float, f.default) for f in fields(WaypointController) if f.init},
 }
@@ -92,7 +95,7 @@ def _check_value(key: str, spec: _Key, value: Any) -> Any:
     """`value` converted to `spec.kind`, or ValueError naming `key`."""
     if spec.kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if isinstance(value, bool) or not isinstance(value, spec.kind):
+    if (isinstance(value, bool) and spec.kind is not bool) or not isinstance(value, spec.kind):
         raise ValueError(f"'{key}' must be of type {spec.kind.__name__}, got {value!r}")
     if spec.kind is float and not math.isfinite(value):
         raise ValueError(f"'{key}' must be finite, got {value!r}")

@@ -169,7 +169,9 @@ class VLAPolicy:
         inputs = self.prepare_inputs(images, instruction, speed_mps)
         if timings is not None:
             timings["preprocess"] = _elapsed_ms(start)
-        with PruningSession(self.model, pruning or NoPrune(), inputs["input_ids"]) as session:
+        compact = self.config.get("pruning", {}).get("compact_positions")
+        with PruningSession(self.model, pruning or NoPrune(), inputs["input_ids"],
+                            compact_positions=compact) as session:
             outputs = self.model.model(
                 input_ids=inputs["input_ids"],
                 attention_mask=inputs["attention_mask"],

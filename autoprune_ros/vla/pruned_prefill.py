@@ -13,7 +13,7 @@ Each layer's KV cache holds exactly the tokens it processed, so `model.generate`
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -78,9 +78,13 @@ def attention_rows(family: Family, attn: nn.Module, q_rows: torch.Tensor, k_out:
 class PruningSession:
     """Context manager: while active, forward passes of `model` prune visual tokens with `policy` (batch 1)."""
 
-    def __init__(self, model: nn.Module, policy: PruningPolicy, input_ids: torch.Tensor, *, profile: bool = False):
+    def __init__(self, model: nn.Module, policy: PruningPolicy, input_ids: torch.Tensor, *, profile: bool = False,
+                 compact_positions: bool | None = None):
+        """`compact_positions` overrides the family's default (LLaVA compacts, Qwen keeps M-RoPE positions)."""
         self.model, self.policy = model, policy
         self.family = detect_family(model)
+        if compact_positions is not None:
+            self.family = replace(self.family, compact_positions=compact_positions)
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
         self.active = not isinstance(policy, NoPrune)
