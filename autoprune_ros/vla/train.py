@@ -117,6 +117,18 @@ def train(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
         torch.use_deterministic_algorithms(deterministic)
 
 
+def _portable(path: Path) -> str:
+    """`path` relative to the package's share folder (or the working directory) when inside it, so the record
+    names no machine-specific location."""
+    from autoprune_ros.paths import share_dir
+
+    resolved = Path(path).resolve()
+    for base in (share_dir(), Path.cwd()):
+        if resolved.is_relative_to(base.resolve()):
+            return str(resolved.relative_to(base.resolve()))
+    return str(path)
+
+
 def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     import torch
     from torch.utils.data import DataLoader
@@ -214,8 +226,8 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         "hyperparameters": {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay",
                                                           "speed_weight", "val_fraction", "freeze_vision",
                                                           "threads")},
-        "data": str(args.data),
-        "config_file": str(args.config),
+        "data": _portable(args.data),
+        "config_file": _portable(args.config),
         "train_seeds": sorted(set(train_set.seeds)),
         "val_seeds": sorted(set(val_set.seeds)),
         "train_samples": len(train_set),

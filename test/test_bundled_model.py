@@ -1,0 +1,56 @@
+"""The driving VLA that ships in models/tiny_drive: safetensors only, loads offline through the LLaVA loader,
+and its instruction conditions what it commands (the check of models/README.md, on a synthetic road frame)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from autoprune_ros.paths import resolve_model, share_dir
+from autoprune_ros.runtime.synthetic_frames import road_frame
+
+MODEL = share_dir() / "models" / "tiny_drive"
+
+
+def test_ships_safetensors_only_and_its_training_record() -> None:
+    files = {p.name for p in MODEL.iterdir()}
+    assert {"model.safetensors", "action_head.safetensors", "config.json", "training.json"} <= files
+    assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl"))], files
+    assert sum(p.stat().st_size for p in MODEL.iterdir()) < 50e6
+    record = json.loads((MODEL / "training.json").read_text())
+    assert record["seed"] == 0 and record["total_seconds"] < 3600
+    assert not set(record["train_seeds"]) & set(record["val_seeds"])
+
+
+@pytest.fixture(scope="module")
+def policy():
+    import torch
+
+    from autoprune_ros.vla.builder import load_vla
+
+    torch.set_num_threads(1)
+    return load_vla(resolve_model("tiny_drive"))
+
+
+def _command(policy, instruction: str, speed: float = 8.0, pruning=None):
+    policy.reset()
+    return policy.act([road_frame(3, 160, 120)], instruction, speed, 0.1, pruning=pruning).action
+
+
+def test_stop_and_slow_down_change_the_command(policy) -> None:
+    follow, slow, stop = (_command(policy, i) for i in ("follow the lane", "slow down", "stop"))
+    assert follow.target_speed > 6.0 and follow.brake == 0.0
+    assert slow.target_speed < follow.target_speed - 2.0 and slow.brake > 0.0
+    assert stop.target_speed < 1.0 and stop.brake >= slow.brake
+
+
+@pytest.mark.parametrize("name", ["autoprune", "fastv", "pdrop"])
+def test_pruned_to_11_percent_it_still_stops(policy, name: str) -> None:
+    """With its positions kept (its vla_config's pruning.compact_positions: false), 22 of 196 visual tokens still
+    carry the instruction; compacted positions lost it (models/README.md)."""
+    from autoprune_ros.pruning.config import build_policy
+
+    assert policy.config["pruning"]["compact_positions"] is False
+    pruning = build_policy({"policy": name, "budget": 22}, 4, policy.visual_tokens_per_image)
+    follow, stop = (_command(policy, i, pruning=pruning) for i in ("follow the lane", "stop"))
+    assert follow.target_speed > 6.0 and stop.target_speed < 1.0
