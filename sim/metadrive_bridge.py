@@ -33,6 +33,7 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image
 from std_msgs.msg import Float32MultiArray, String
 
+from autoprune_ros.ros.frame_stats import kept_tokens, mean_kept, stamp_ns
 from autoprune_sim import ros_contract as contract
 from autoprune_sim.control_delay import ControlDelay
 from autoprune_sim.instructions import override_at, parse_schedule
@@ -80,13 +81,11 @@ class MetaDriveBridge(Node):
 
     def _on_stats(self, msg: DiagnosticStatus) -> None:
         values = {kv.key: kv.value for kv in msg.values}
-        if "stamp" in values and "pipeline_ms" in values:
-            sec, nsec = values["stamp"].split(".")
-            key = int(sec) * 1_000_000_000 + int(nsec)
+        key = stamp_ns(values)
+        if key is not None and "pipeline_ms" in values:
             self.latencies_ms[key] = float(values["pipeline_ms"])
-            kept = values.get("kept_tokens_per_layer", "").split()
-            if kept:
-                self.kept_tokens[key] = sum(map(float, kept)) / len(kept)
+            if kept_tokens(values):
+                self.kept_tokens[key] = mean_kept(values)
 
 
 def _md_action(control: tuple[float, float, float]) -> list[float]:

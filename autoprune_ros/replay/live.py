@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from autoprune_ros.replay.frames import FrameRecord
+from autoprune_ros.ros.frame_stats import kept_tokens, stamp_ns
 from autoprune_ros.ros.parameters import PARAMETERS
 from autoprune_ros.rosenv import ros_environment
 from autoprune_ros.runtime.configs import PolicyConfig, node_params
@@ -122,10 +123,10 @@ def frame_record(index: int, stamp_ns: int, answer: _Answer | None, log: Path | 
         return FrameRecord(index, stamp_ns, status="failed",
                            error=f"the node commanded a safe stop: {answer.reason or f'see its log {log}'}")
     values, control = answer.stats, answer.control
-    kept = values.get("kept_tokens_per_layer", "").split()
+    kept = kept_tokens(values)
     record = FrameRecord(
         index, stamp_ns, target_speed=float(values["target_speed"]), budget=_optional(values, "budget"),
-        visual_tokens=int(values["visual_tokens"]), kept_tokens_per_layer=[int(n) for n in kept] or None,
+        visual_tokens=int(values["visual_tokens"]), kept_tokens_per_layer=kept or None,
         complexity=_optional(values, "complexity"), slope=_optional(values, "slope"),
         flops_ratio=_optional(values, "flops_ratio"), latency_ms=_optional(values, "pipeline_ms"),
         model_ms=_optional(values, "model_ms"))
@@ -228,9 +229,9 @@ class _Player:
         msg = self.store.deserialize_cdr(data, RECORDED[topic])
         if topic == FRAME_STATS_TOPIC:
             values = {kv.key: kv.value for kv in msg.values}
-            sec, _, nsec = values.get("stamp", "").partition(".")
-            if sec.isdigit() and nsec.isdigit():
-                self.answers.setdefault(int(sec) * 1_000_000_000 + int(nsec), _Answer()).stats = values
+            stamp = stamp_ns(values)
+            if stamp is not None:
+                self.answers.setdefault(stamp, _Answer()).stats = values
             return
         stamp = _stamp_ns(msg.header.stamp)
         answer = self.answers.setdefault(stamp, _Answer())

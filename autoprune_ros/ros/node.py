@@ -32,6 +32,7 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 
+from autoprune_ros.ros.frame_stats import format_stamp
 from autoprune_ros.ros.image_codec import ImageDecodeError, from_compressed_msg, from_image_msg
 from autoprune_ros.ros.outputs import ackermann_control, carla_control, trajectory
 from autoprune_ros.ros.parameters import PARAMETERS, check_change
@@ -394,7 +395,7 @@ class AutoPruneNode(LifecycleNode):
                              missed: bool) -> None:
         out, action, stats = result.output, result.output.action, result.output.prefill
         values = {
-            "stamp": f"{view_set.stamp_ns // 1_000_000_000}.{view_set.stamp_ns % 1_000_000_000:09d}",
+            "stamp": format_stamp(view_set.stamp_ns),
             "latency_ms": f"{latency_ms:.2f}", "pipeline_ms": f"{pipeline_ms:.2f}",
             "deadline": "miss" if missed else "hit",
             **{f"{k}_ms": f"{v:.2f}" for k, v in out.timings_ms.items()},

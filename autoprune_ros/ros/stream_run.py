@@ -18,6 +18,7 @@ from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.executors import SingleThreadedExecutor
 
 from autoprune_ros.processes import ros_args, start_module, stop
+from autoprune_ros.ros.frame_stats import mean_kept, stamp_ns
 from autoprune_ros.ros.node import CONTROL_TOPICS, FRAME_STATS_TOPIC
 
 
@@ -30,7 +31,7 @@ class StreamRun:
     node_status: int | None
 
     def frame_stamps(self) -> set[int]:
-        return {int(sec) * 1_000_000_000 + int(nsec) for sec, nsec in (s["stamp"].split(".") for s in self.stats)}
+        return {stamp_ns(s) for s in self.stats}
 
     def unexplained_commands(self) -> int:
         """Commands that neither answer a camera frame (its stamp) nor are safe stops: must be 0."""
@@ -53,12 +54,6 @@ class StreamRun:
             "unexplained_commands": self.unexplained_commands(),
             "node_exit_status": self.node_status,
         }
-
-
-def mean_kept(values: dict[str, str]) -> float:
-    """Mean visual tokens kept per decoder layer in one frame's stats."""
-    kept = values.get("kept_tokens_per_layer", "").split()
-    return float(np.mean(np.array(kept, dtype=float))) if kept else float(values["visual_tokens"])
 
 
 def run_stream(node_params: dict, frames: int, rate: float, timeout: float,
