@@ -66,13 +66,19 @@ test: setup lint
 demo: setup
 	$(IN_ROS_ENV) $(VENV)/bin/autoprune-demo
 
-# ---- the bundled driving VLA (models/README.md): expert data in two parallel recorders, then training
+# ---- the bundled driving VLA (models/README.md): expert data (a, b: clean; c, d: with steering perturbations, so
+# the data shows recoveries), recorded in parallel with -j2, then training
 EXPERT_DATA := data/expert
-$(EXPERT_DATA)/a/dataset.json $(EXPERT_DATA)/b/dataset.json: | setup
+EXPERT_SETS := a b c d
+$(EXPERT_DATA)/a/dataset.json: EXPERT_ARGS := --seeds 0-21
+$(EXPERT_DATA)/b/dataset.json: EXPERT_ARGS := --seeds 22-43
+$(EXPERT_DATA)/c/dataset.json: EXPERT_ARGS := --seeds 44-54 --steer-noise 0.08
+$(EXPERT_DATA)/d/dataset.json: EXPERT_ARGS := --seeds 55-65 --steer-noise 0.08
+$(foreach s,$(EXPERT_SETS),$(EXPERT_DATA)/$(s)/dataset.json): | setup
 	AMENT_PREFIX_PATH=$(CURDIR)/$(SIM_VENV) $(SIM_VENV)/bin/python -m autoprune_sim.record_expert --resume \
-		--seeds $(if $(findstring /a/,$@),0-21,22-43) --maps 3,4,SCX --ticks 600 --output-dir $(@D) --no-progress
+		$(EXPERT_ARGS) --maps 3,4,SCX --ticks 600 --output-dir $(@D) --no-progress
 
-model: $(EXPERT_DATA)/a/dataset.json $(EXPERT_DATA)/b/dataset.json
+model: $(foreach s,$(EXPERT_SETS),$(EXPERT_DATA)/$(s)/dataset.json)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/autoprune-train --data $(EXPERT_DATA) --output models/tiny_drive --force \
 		--epochs 3 --seed 0 --threads 1
 

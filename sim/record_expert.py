@@ -37,6 +37,14 @@ WARMUP_TICKS = (30, 60)
 GAP_TICKS = (40, 100)
 SEGMENT_TICKS = {STOP: (30, 60), SLOW_DOWN: (40, 90)}
 CRASH_KEYS = ("crash", "crash_vehicle", "crash_object", "crash_building")
+# Steering perturbations (DART-style noise injection): for a short while a constant steering replaces the expert's
+# (whose lane-keeping loop would cancel an added offset within a tick), so that the data shows the car off its lane
+# centre and the expert steering it back (training keeps only the frames
+# whose near future is free of injected noise: vla/dataset.py). Shape in ticks; offsets in MetaDrive steering units
+# (1 = full lock, 40 degrees), drawn in [0.3, 1] x --steer-noise with a random sign.
+PERTURB_WARMUP_TICKS = (20, 40)
+PERTURB_GAP_TICKS = (30, 50)
+PERTURB_TICKS = (5, 11)
 DROPPED_DIR = "_dropped"
 STAGING_DIR = ".partial"  # episodes being recorded (the bag file is named after its folder)
 
@@ -117,12 +125,44 @@ def random_schedule(seed: int, mix_seed: int, ticks: int, mix: dict[str, float])
     return segments
 
 
+@dataclass(frozen=True)
+class Perturbation:
+    """A steering that replaces the expert's over ticks [start, end)."""
+
+    start: int
+    end: int
+    steer: float
+
+
+def random_perturbations(seed: int, mix_seed: int, ticks: int, scale: float) -> list[Perturbation]:
+    """Steering perturbations for one episode, reproducible from (mix_seed, seed); none when scale is 0."""
+    if scale <= 0.0:
+        return []
+    rng = np.random.default_rng([mix_seed, seed, 1])
+    perturbations = []
+    t = int(rng.integers(*PERTURB_WARMUP_TICKS))
+    while t < ticks:
+        end = min(ticks, t + int(rng.integers(*PERTURB_TICKS)))
+        steer = float(rng.uniform(0.3, 1.0) * scale * rng.choice((-1.0, 1.0)))
+        perturbations.append(Perturbation(t, end, round(steer, 4)))
+        t = end + int(rng.integers(*PERTURB_GAP_TICKS))
+    return perturbations
+
+
+def steer_override_at(perturbations: list[Perturbation], tick: int) -> float | None:
+    for p in perturbations:
+        if p.start <= tick < p.end:
+            return p.steer
+    return None
+
+
 # ---- the expert
 _POLICY_CLASS = None
 
 
 def instructed_idm_policy():
-    """MetaDrive's IDMPolicy with its longitudinal action adjusted by `policy.instruction` (imported lazily)."""
+    """MetaDrive's IDMPolicy with its longitudinal action adjusted by `policy.instruction` and its steering replaced
+    by `policy.steer_override` when that is set (imported lazily)."""
     global _POLICY_CLASS
     if _POLICY_CLASS is not None:
         return _POLICY_CLASS
@@ -130,9 +170,12 @@ def instructed_idm_policy():
 
     class InstructedIDMPolicy(IDMPolicy):
         instruction: str = contract.FOLLOW_LANE
+        steer_override: float | None = None
 
         def act(self, *args, **kwargs):
             steering, acc = super().act(*args, **kwargs)
+            if self.steer_override is not None:
+                steering = self.steer_override
             return [steering, adjust_longitudinal(self.instruction, float(acc), self.control_object.speed_km_h,
                                                   self.NORMAL_SPEED, self.DELTA)]
 
@@ -165,6 +208,7 @@ class EpisodeSpec:
     height: int
     traffic_density: float
     schedule: list[Segment] = field(default_factory=list)
+    perturbations: list[Perturbation] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -221,6 +265,7 @@ def record_episode(spec: EpisodeSpec, folder: Path) -> dict[str, Any]:
                 progress.update(*route.locate(env))
                 command = override_at(spec.schedule, tick) or route.instruction(env)
                 policy.instruction = command
+                policy.steer_override = steer_override_at(spec.perturbations, tick)
                 stamp = contract.tick_stamp(tick, STEP_S)
                 ns = contract.stamp_ns(stamp)
                 if command != instruction:
@@ -258,7 +303,8 @@ def record_episode(spec: EpisodeSpec, folder: Path) -> dict[str, Any]:
         "width": spec.width, "height": spec.height, "ticks": ticks, "max_ticks": spec.ticks, "dt_s": STEP_S,
         "outcome": outcome, "route_completion": round(progress.value, 4), "route_length_m": round(route.length_m, 2),
         "kept": outcome in ("arrive_dest", "timeout"), "segments": segments,
-        "schedule": [vars(s) for s in spec.schedule], "wall_s": round(elapsed, 2),
+        "schedule": [vars(s) for s in spec.schedule], "perturbations": [vars(p) for p in spec.perturbations],
+        "wall_s": round(elapsed, 2),
         "frames_per_s": round(ticks / elapsed, 2), "loop_frames_per_s": round(ticks / loop, 2),
     }
 
@@ -338,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mix-seed", type=int, default=0, help="seed of the instruction segments (with each seed)")
     parser.add_argument("--instruction-schedule", default=None,
                         help="fixed segments for every episode instead of random ones, e.g. stop:20-45,slow:50-80")
+    parser.add_argument("--steer-noise", type=float, default=0.0,
+                        help="replace the expert's steering by a constant of up to this size (MetaDrive units, 1 = "
+                             "full lock) for 0.5-1 s every 3-5 s, so the data shows recoveries (default 0: none)")
     parser.add_argument("--resume", action="store_true", help="skip episodes already recorded in --output-dir")
     parser.add_argument("--keep-dropped", action="store_true", help="keep the bags of crashed/off-road episodes "
                                                                     f"(under {DROPPED_DIR}/)")
@@ -354,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         schedule = parse_schedule(args.instruction_schedule) if args.instruction_schedule else None
         if args.ticks < 1 or args.width < 16 or args.height < 16 or not 0.0 <= args.traffic_density <= 1.0:
             raise ValueError("need --ticks >= 1, --width/--height >= 16 and --traffic-density in [0, 1]")
+        if not 0.0 <= args.steer_noise <= 1.0:
+            raise ValueError(f"--steer-noise must lie in [0, 1], got {args.steer_noise}")
         _check_writable(args.output_dir)
     except (ValueError, PermissionError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
@@ -362,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
 
     output_dir = args.output_dir
     specs = [EpisodeSpec(seed, maps[i % len(maps)], args.ticks, args.width, args.height, args.traffic_density,
-                         schedule if schedule is not None else random_schedule(seed, args.mix_seed, args.ticks, mix))
+                         schedule if schedule is not None else random_schedule(seed, args.mix_seed, args.ticks, mix),
+                         random_perturbations(seed, args.mix_seed, args.ticks, args.steer_noise))
              for i, seed in enumerate(seeds)]
     todo = [s for s in specs if not (args.resume and recorded(output_dir, s.name))]
     if len(todo) < len(specs):

@@ -119,6 +119,32 @@ def test_slow_down_and_resume(stop_dataset: Path, tmp_path: Path) -> None:
     assert max(speed[60:]) < 0.6 * speed[34] and min(speed[60:]) > 2.0, speed[30:]
 
 
+@pytest.mark.sim
+def test_steering_perturbations_replace_the_expert(tmp_path: Path) -> None:
+    _record(tmp_path, "--seeds", "4", "--maps", "3", "--ticks", "80", "--steer-noise", "0.12")
+    folder = tmp_path / "seed00004_map3"
+    meta = json.loads((folder / "episode.json").read_text())
+    perturbations = [rec.Perturbation(**p) for p in meta["perturbations"]]
+    assert perturbations == rec.random_perturbations(4, 0, 80, 0.12) and perturbations
+    steer = [m.steer for _, _, m in _read(folder)[rec.contract.CONTROL_TOPIC]]
+    for p in perturbations:
+        for tick in range(p.start, min(p.end, len(steer))):
+            assert steer[tick] == pytest.approx(-p.steer, abs=1e-6)  # CARLA steers right-positive
+
+
+def test_random_perturbations() -> None:
+    first = rec.random_perturbations(4, 0, 600, 0.12)
+    assert first == rec.random_perturbations(4, 0, 600, 0.12) != rec.random_perturbations(5, 0, 600, 0.12)
+    every = [p for seed in range(20) for p in rec.random_perturbations(seed, 0, 600, 0.12)]
+    assert all(0.036 - 1e-9 <= abs(p.steer) <= 0.12 and p.start < p.end <= 600 for p in every)
+    assert {p.steer > 0 for p in every} == {True, False}
+    for a, b in zip(first, first[1:], strict=False):
+        assert b.start - a.end >= rec.PERTURB_GAP_TICKS[0]
+    assert rec.random_perturbations(4, 0, 600, 0.0) == []
+    assert rec.steer_override_at(first, first[0].start) == first[0].steer
+    assert rec.steer_override_at(first, first[0].end) is None
+
+
 def test_cli_values() -> None:
     assert rec.parse_seeds("0-3,7") == [0, 1, 2, 3, 7]
     for bad in ("5-2", "a", "-3", "", "1,1"):
@@ -160,6 +186,8 @@ def test_clear_errors(tmp_path: Path, capsys) -> None:
     blocker.write_text("")
     assert rec.main(["--seeds", "1", "--output-dir", str(blocker / "out")]) == 2
     assert "not writable" in capsys.readouterr().err
+    assert rec.main(["--seeds", "1", "--steer-noise", "2", "--output-dir", str(tmp_path)]) == 2
+    assert "--steer-noise" in capsys.readouterr().err
 
 
 if __name__ == "__main__":

@@ -44,7 +44,8 @@ def turn(s: float) -> tuple[float, float, float]:
 
 
 def write_episode(folder: Path, path_fn: Callable[[float], tuple[float, float, float]], seed: int, kept: bool = True,
-                  instructions: tuple[str, ...] = ("follow the lane",), topics: tuple[str, ...] | None = None) -> Path:
+                  instructions: tuple[str, ...] = ("follow the lane",), topics: tuple[str, ...] | None = None,
+                  extra_meta: dict | None = None) -> Path:
     """A rosbag2 (mcap, v8) episode on the bag contract plus its episode.json; speed ramps 4 -> 6.9 m/s."""
     from rosbags.rosbag2 import StoragePlugin, Writer
 
@@ -87,7 +88,8 @@ def write_episode(folder: Path, path_fn: Callable[[float], tuple[float, float, f
             put(CONTROL_TOPIC, ns, t["carla_msgs/msg/CarlaEgoVehicleControl"](
                 header=header, throttle=0.3, steer=-0.1, brake=0.0, hand_brake=False, reverse=False, gear=1,
                 manual_gear_shift=False))
-    (folder / "episode.json").write_text(json.dumps({"seed": seed, "kept": kept}), encoding="utf-8")
+    meta = {"seed": seed, "kept": kept, **(extra_meta or {})}
+    (folder / "episode.json").write_text(json.dumps(meta), encoding="utf-8")
     return folder
 
 
@@ -167,6 +169,18 @@ def test_kept_flag_and_seed_split(tmp_path: Path, episodes: dict[str, Path], sma
         side = train if twin in train else val
         assert episodes["straight"] in side
     assert split_by_seed(kept, 0.0, 0) == (kept, [])
+
+
+def test_frames_near_injected_steering_noise_are_not_samples(tmp_path: Path, small_config: Path) -> None:
+    # 30 frames of 0.1 s; frames 0-9 have the whole future. A perturbation rejects [start - 2 s, end).
+    cfg = yaml.safe_load(small_config.read_text(encoding="utf-8"))
+    late = {"dt_s": 0.1, "perturbations": [{"start": 25, "end": 28, "steer": 0.1}]}
+    data = DrivingDataset([write_episode(tmp_path / "late", straight, seed=1, extra_meta=late)], cfg)
+    assert [frame for _, frame, _ in data._index] == [0, 1, 2, 3, 4]  # frames 5-9 are within 2 s of tick 25
+    early = {"dt_s": 0.1, "perturbations": [{"start": 2, "end": 6, "steer": -0.1}]}
+    data = DrivingDataset([write_episode(tmp_path / "early", straight, seed=2, extra_meta=early)], cfg)
+    assert [frame for _, frame, _ in data._index] == [6, 7, 8, 9]  # the recovery after tick 6 is kept
+    assert len(DrivingDataset([write_episode(tmp_path / "none", straight, seed=3)], cfg)) == 10
 
 
 def test_corrupt_and_incomplete_bags(tmp_path: Path, episodes: dict[str, Path]) -> None:

@@ -27,6 +27,10 @@ INSTRUCTION_TOPIC = "/autoprune/instruction"
 EPISODE_FILE = "episode.json"
 
 SPEED_HORIZON_S = 1.0  # target speed = recorded speed this long after the frame
+# Frames within this long before an injected steering perturbation (episode.json `perturbations`), or during one,
+# are not training samples: their recorded future is the noise, not the expert. The frames after it, with the car
+# off its lane centre and the expert bringing it back, are the point of injecting it.
+PERTURBATION_MARGIN_S = 2.0
 _EPS = 1e-6
 
 Sample = tuple[np.ndarray, str, float, torch.Tensor, float]
@@ -187,6 +191,16 @@ def episode_targets(episode: Episode, num_waypoints: int, waypoint_dt: float,
     return future_targets(episode.stamps, episode.poses, episode.speeds, num_waypoints, waypoint_dt, speed_horizon)
 
 
+def unperturbed(stamps: np.ndarray, meta: Mapping[str, Any], margin_s: float = PERTURBATION_MARGIN_S) -> np.ndarray:
+    """Boolean mask over frame stamps (s from the first tick): False within [start - margin_s, end) of any
+    perturbation in the episode.json `meta` (ticks of `dt_s` seconds, default 0.1)."""
+    keep = np.ones(len(stamps), dtype=bool)
+    dt = float(meta.get("dt_s", 0.1))
+    for p in meta.get("perturbations", ()):
+        keep &= ~((stamps >= p["start"] * dt - margin_s - _EPS) & (stamps < p["end"] * dt - _EPS))
+    return keep
+
+
 def find_episodes(root: str | Path) -> list[Path]:
     """Episode folders (those with an episode.json) at or under `root`, sorted."""
     root = Path(root)
@@ -221,8 +235,9 @@ def split_by_seed(bag_dirs: Sequence[str | Path], val_fraction: float,
 
 class DrivingDataset(Dataset):
     """Samples (image HxWx3 uint8, instruction, speed m/s, waypoints (N, 2) float32 tensor, target speed m/s)
-    from the `kept: true` episodes among `bag_dirs`; N and the waypoint spacing come from the model config's
-    `action_head`. Frames are held in memory as uint8 (the processor resizes them at batch time)."""
+    from the `kept: true` episodes among `bag_dirs`, minus the frames `unperturbed` rejects; N and the waypoint
+    spacing come from the model config's `action_head`. Frames are held in memory as uint8 (the processor resizes
+    them at batch time)."""
 
     def __init__(self, bag_dirs: Sequence[str | Path], config: Mapping[str, Any]) -> None:
         head = config["action_head"]
@@ -239,7 +254,8 @@ class DrivingDataset(Dataset):
             self.episodes.append(episode)
             self.seeds.append(int(episode.meta["seed"]))
             self._targets.append((waypoints.astype(np.float32), speeds.astype(np.float32)))
-            self._index.extend((e, int(f), row) for row, f in enumerate(frames))
+            clean = unperturbed(episode.stamps[frames], episode.meta)
+            self._index.extend((e, int(f), row) for row, f in enumerate(frames) if clean[row])
 
     def __len__(self) -> int:
         return len(self._index)
