@@ -114,4 +114,6 @@ def test_inference_past_the_hard_deadline(node_under_test) -> None:
     assert watchdog_stops, "the watchdog must command safe stops while the inference overruns"
     assert node.health.hard_deadline_misses == 1
     restore()
-    assert not _is_stop(send(31)[-1])
+    # A copy of frame 30 republished by send() may still be inside the stalled call, so the next frame can still be
+    # answered by the watchdog; recovery means a driving answer within a few frames.
+    assert any(not _is_stop(send(sec)[-1]) for sec in range(31, 36)), "the node must recover once inference is fast"
