@@ -72,8 +72,8 @@ EXPERT_DATA := data/expert
 EXPERT_SETS := a b c d
 $(EXPERT_DATA)/a/dataset.json: EXPERT_ARGS := --seeds 0-21
 $(EXPERT_DATA)/b/dataset.json: EXPERT_ARGS := --seeds 22-43
-$(EXPERT_DATA)/c/dataset.json: EXPERT_ARGS := --seeds 44-54 --steer-noise 0.08
-$(EXPERT_DATA)/d/dataset.json: EXPERT_ARGS := --seeds 55-65 --steer-noise 0.08
+$(EXPERT_DATA)/c/dataset.json: EXPERT_ARGS := --seeds 44-54 --steer-noise 0.06
+$(EXPERT_DATA)/d/dataset.json: EXPERT_ARGS := --seeds 55-65 --steer-noise 0.06
 $(foreach s,$(EXPERT_SETS),$(EXPERT_DATA)/$(s)/dataset.json): | setup
 	AMENT_PREFIX_PATH=$(CURDIR)/$(SIM_VENV) $(SIM_VENV)/bin/python -m autoprune_sim.record_expert --resume \
 		$(EXPERT_ARGS) --maps 3,4,SCX --ticks 600 --output-dir $(@D) --no-progress

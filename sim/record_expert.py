@@ -37,14 +37,15 @@ WARMUP_TICKS = (30, 60)
 GAP_TICKS = (40, 100)
 SEGMENT_TICKS = {STOP: (30, 60), SLOW_DOWN: (40, 90)}
 CRASH_KEYS = ("crash", "crash_vehicle", "crash_object", "crash_building")
-# Steering perturbations (DART-style noise injection): for a short while a constant steering replaces the expert's
-# (whose lane-keeping loop would cancel an added offset within a tick), so that the data shows the car off its lane
-# centre and the expert steering it back (training keeps only the frames
+# Steering perturbations (DART-style noise injection): for a short while the steering is frozen at the expert's value
+# from the first tick plus an offset (added to IDM's live output, the offset would be cancelled within a tick by its
+# lane-keeping loop; replacing IDM's steering outright sends the car off the road in curves), so that the data
+# shows the car off its lane centre and the expert steering it back (training keeps only the frames
 # whose near future is free of injected noise: vla/dataset.py). Shape in ticks; offsets in MetaDrive steering units
 # (1 = full lock, 40 degrees), drawn in [0.3, 1] x --steer-noise with a random sign.
 PERTURB_WARMUP_TICKS = (20, 40)
 PERTURB_GAP_TICKS = (30, 50)
-PERTURB_TICKS = (5, 11)
+PERTURB_TICKS = (4, 9)
 DROPPED_DIR = "_dropped"
 STAGING_DIR = ".partial"  # episodes being recorded (the bag file is named after its folder)
 
@@ -127,7 +128,7 @@ def random_schedule(seed: int, mix_seed: int, ticks: int, mix: dict[str, float])
 
 @dataclass(frozen=True)
 class Perturbation:
-    """A steering that replaces the expert's over ticks [start, end)."""
+    """Over ticks [start, end) the steering is held at the expert's steering at `start` plus `steer`."""
 
     start: int
     end: int
@@ -149,7 +150,7 @@ def random_perturbations(seed: int, mix_seed: int, ticks: int, scale: float) -> 
     return perturbations
 
 
-def steer_override_at(perturbations: list[Perturbation], tick: int) -> float | None:
+def steer_offset_at(perturbations: list[Perturbation], tick: int) -> float | None:
     for p in perturbations:
         if p.start <= tick < p.end:
             return p.steer
@@ -161,8 +162,9 @@ _POLICY_CLASS = None
 
 
 def instructed_idm_policy():
-    """MetaDrive's IDMPolicy with its longitudinal action adjusted by `policy.instruction` and its steering replaced
-    by `policy.steer_override` when that is set (imported lazily)."""
+    """MetaDrive's IDMPolicy with its longitudinal action adjusted by `policy.instruction` and, while
+    `policy.steer_offset` is set, its steering held at its value when the offset was set plus the offset (imported
+    lazily)."""
     global _POLICY_CLASS
     if _POLICY_CLASS is not None:
         return _POLICY_CLASS
@@ -170,12 +172,17 @@ def instructed_idm_policy():
 
     class InstructedIDMPolicy(IDMPolicy):
         instruction: str = contract.FOLLOW_LANE
-        steer_override: float | None = None
+        steer_offset: float | None = None
+        _held_steering: float | None = None
 
         def act(self, *args, **kwargs):
             steering, acc = super().act(*args, **kwargs)
-            if self.steer_override is not None:
-                steering = self.steer_override
+            if self.steer_offset is None:
+                self._held_steering = None
+            else:
+                if self._held_steering is None:
+                    self._held_steering = min(1.0, max(-1.0, float(steering) + self.steer_offset))
+                steering = self._held_steering
             return [steering, adjust_longitudinal(self.instruction, float(acc), self.control_object.speed_km_h,
                                                   self.NORMAL_SPEED, self.DELTA)]
 
@@ -265,7 +272,7 @@ def record_episode(spec: EpisodeSpec, folder: Path) -> dict[str, Any]:
                 progress.update(*route.locate(env))
                 command = override_at(spec.schedule, tick) or route.instruction(env)
                 policy.instruction = command
-                policy.steer_override = steer_override_at(spec.perturbations, tick)
+                policy.steer_offset = steer_offset_at(spec.perturbations, tick)
                 stamp = contract.tick_stamp(tick, STEP_S)
                 ns = contract.stamp_ns(stamp)
                 if command != instruction:
@@ -385,8 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--instruction-schedule", default=None,
                         help="fixed segments for every episode instead of random ones, e.g. stop:20-45,slow:50-80")
     parser.add_argument("--steer-noise", type=float, default=0.0,
-                        help="replace the expert's steering by a constant of up to this size (MetaDrive units, 1 = "
-                             "full lock) for 0.5-1 s every 3-5 s, so the data shows recoveries (default 0: none)")
+                        help="hold the expert's steering plus an offset of up to this size (MetaDrive units, 1 = full "
+                             "lock) for 0.4-0.8 s every 3-5 s, so the data shows recoveries (default 0: none)")
     parser.add_argument("--resume", action="store_true", help="skip episodes already recorded in --output-dir")
     parser.add_argument("--keep-dropped", action="store_true", help="keep the bags of crashed/off-road episodes "
                                                                     f"(under {DROPPED_DIR}/)")

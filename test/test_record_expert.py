@@ -120,29 +120,32 @@ def test_slow_down_and_resume(stop_dataset: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.sim
-def test_steering_perturbations_replace_the_expert(tmp_path: Path) -> None:
-    _record(tmp_path, "--seeds", "4", "--maps", "3", "--ticks", "80", "--steer-noise", "0.12")
+def test_steering_perturbations_hold_the_expert_off_course(tmp_path: Path) -> None:
+    _record(tmp_path, "--seeds", "4", "--maps", "3", "--ticks", "80", "--steer-noise", "0.06")
     folder = tmp_path / "seed00004_map3"
     meta = json.loads((folder / "episode.json").read_text())
     perturbations = [rec.Perturbation(**p) for p in meta["perturbations"]]
-    assert perturbations == rec.random_perturbations(4, 0, 80, 0.12) and perturbations
-    steer = [m.steer for _, _, m in _read(folder)[rec.contract.CONTROL_TOPIC]]
-    for p in perturbations:
-        for tick in range(p.start, min(p.end, len(steer))):
-            assert steer[tick] == pytest.approx(-p.steer, abs=1e-6)  # CARLA steers right-positive
+    assert perturbations == rec.random_perturbations(4, 0, 80, 0.06) and perturbations
+    bag = _read(folder)
+    steer = [m.steer for _, _, m in bag[rec.contract.CONTROL_TOPIC]]
+    y = [m.pose.pose.position.y for _, _, m in bag[rec.contract.ODOMETRY_TOPIC]]
+    first = perturbations[0]
+    held = steer[first.start:first.end]
+    assert max(held) - min(held) < 1e-6 and abs(held[0]) > 0.01, held  # frozen, and off IDM's ~0 on a straight
+    assert abs(y[first.end] - y[first.start]) > 0.05, y[first.start:first.end + 1]
 
 
 def test_random_perturbations() -> None:
     first = rec.random_perturbations(4, 0, 600, 0.12)
     assert first == rec.random_perturbations(4, 0, 600, 0.12) != rec.random_perturbations(5, 0, 600, 0.12)
     every = [p for seed in range(20) for p in rec.random_perturbations(seed, 0, 600, 0.12)]
-    assert all(0.036 - 1e-9 <= abs(p.steer) <= 0.12 and p.start < p.end <= 600 for p in every)
+    assert all(0.036 - 1e-9 <= abs(p.steer) <= 0.12 and p.start < p.end <= 600 for p in every)  # [0.3, 1] x 0.12
     assert {p.steer > 0 for p in every} == {True, False}
     for a, b in zip(first, first[1:], strict=False):
         assert b.start - a.end >= rec.PERTURB_GAP_TICKS[0]
     assert rec.random_perturbations(4, 0, 600, 0.0) == []
-    assert rec.steer_override_at(first, first[0].start) == first[0].steer
-    assert rec.steer_override_at(first, first[0].end) is None
+    assert rec.steer_offset_at(first, first[0].start) == first[0].steer
+    assert rec.steer_offset_at(first, first[0].end) is None
 
 
 def test_cli_values() -> None:

@@ -239,6 +239,43 @@ def test_training_run(tmp_path: Path, episodes: dict[str, Path], small_config: P
     assert wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
 
 
+def test_lateral_weight_and_vision_probe(small_config: Path) -> None:
+    import torch
+
+    from autoprune_ros.vla.builder import build_tiny_vla
+    from autoprune_ros.vla.train import Objective, action_loss, batch_loss
+    from autoprune_ros.vla.vision_probe import ProjectorTap, VisionProbe
+
+    target = torch.zeros(2, N_WP, 2)
+    pred = target.clone()
+    pred[..., 0] += 1.0  # 1 m longitudinal error everywhere
+    pred[..., 1] += 0.5  # 0.5 m lateral
+    speed = torch.zeros(2)
+    plain = action_loss(pred, speed + 2.0, target, speed, Objective())
+    assert float(plain) == pytest.approx((1.0 + 0.5) / 2 + 2.0)  # = l1 over all coordinates + speed term
+    torch.testing.assert_close(plain, torch.nn.functional.l1_loss(pred, target) + 2.0)
+    weighted = action_loss(pred, speed, target, speed, Objective(lateral_weight=3.0, speed_weight=0.0))
+    assert float(weighted) == pytest.approx((1.0 + 3 * 0.5) / 2)
+
+    policy = build_tiny_vla(small_config, seed=3)
+    tap = ProjectorTap(policy.model.model)
+    probe = VisionProbe(policy.visual_tokens_per_image, policy.model.config.text_config.hidden_size, 2 * N_WP + 1)
+    rng = np.random.default_rng(0)
+    batch = ([rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(3)], ["go"] * 3, [1.0, 2.0, 3.0],
+             torch.zeros(3, N_WP, 2), torch.zeros(3))
+    main, aux = batch_loss(policy, batch, Objective(aux_weight=1.0, probe=probe, tap=tap))
+    assert tap.features.shape == (3, policy.visual_tokens_per_image, policy.model.config.text_config.hidden_size)
+    aux.backward()  # the probe's loss reaches the vision tower directly
+    patch = next(w for n, w in policy.model.model.vision_tower.named_parameters() if "patch_embedding" in n)
+    assert patch.grad is not None and patch.grad.abs().sum() > 0
+    assert probe.reduce.weight.grad is not None and all(w.grad is None for w in policy.head.parameters())
+    assert math.isfinite(float(main))
+    tap.close()
+    with pytest.raises(ValueError, match="visual tokens"):
+        probe(torch.zeros(1, 5, policy.model.config.text_config.hidden_size))
+    assert batch_loss(policy, batch, Objective())[1] is None
+
+
 def test_batched_encoding_matches_the_policy(small_config: Path) -> None:
     import torch
 

@@ -12,6 +12,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,14 +45,39 @@ def encode_batch(policy: VLAPolicy, images: Sequence[np.ndarray], instructions: 
     return outputs.last_hidden_state[torch.arange(mask.shape[0], device=mask.device), last]
 
 
-def batch_loss(policy: VLAPolicy, batch: tuple, speed_weight: float) -> torch.Tensor:
-    """L1(waypoints) + speed_weight * L1(target speed), each averaged over its elements."""
-    from torch.nn.functional import l1_loss
+@dataclass
+class Objective:
+    """What the loss weighs: the target-speed term, the lateral (y) waypoint error against the longitudinal one,
+    and the training-only vision probe (`vision_probe.py`; `probe` and `tap` are None when `aux_weight` is 0)."""
 
+    speed_weight: float = 1.0
+    lateral_weight: float = 1.0
+    aux_weight: float = 0.0
+    probe: Any = None
+    tap: Any = None
+
+
+def action_loss(pred_waypoints: torch.Tensor, pred_speed: torch.Tensor, waypoints: torch.Tensor,
+                target_speeds: torch.Tensor, objective: Objective) -> torch.Tensor:
+    """(L1(x) + lateral_weight * L1(y)) / 2 over the waypoints + speed_weight * L1(target speed); with a lateral
+    weight of 1 the first term is the plain L1 over all waypoint coordinates."""
+    error = (pred_waypoints - waypoints).abs()
+    waypoint_term = (error[..., 0].mean() + objective.lateral_weight * error[..., 1].mean()) / 2
+    return waypoint_term + objective.speed_weight * (pred_speed - target_speeds).abs().mean()
+
+
+def batch_loss(policy: VLAPolicy, batch: tuple, objective: Objective) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(the policy's action loss, the vision probe's loss on the same targets or None without a probe)."""
     images, instructions, speeds, waypoints, target_speeds = batch
     hidden = encode_batch(policy, images, instructions, speeds)
     pred_waypoints, pred_speed = policy.head(hidden.float())
-    return l1_loss(pred_waypoints, waypoints) + speed_weight * l1_loss(pred_speed, target_speeds)
+    main = action_loss(pred_waypoints, pred_speed, waypoints, target_speeds, objective)
+    if objective.probe is None:
+        return main, None
+    probe_out = objective.probe(objective.tap.features.float())
+    aux = action_loss(probe_out[:, :-1].reshape(waypoints.shape), probe_out[:, -1], waypoints, target_speeds,
+                      objective)
+    return main, aux
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,6 +95,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=3e-4, help="AdamW peak learning rate (cosine decay)")
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--speed-weight", type=float, default=1.0, help="weight of the target-speed L1 term")
+    parser.add_argument("--lateral-weight", type=float, default=3.0,
+                        help="weight of the lateral (y) waypoint error against the longitudinal one")
+    parser.add_argument("--aux-vision-weight", type=float, default=1.0,
+                        help="weight of the training-only vision probe's loss (0: no probe); docs/training.md")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="fraction of episode seeds held out")
     parser.add_argument("--freeze-vision", action="store_true", help="do not train the CLIP vision tower")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -81,7 +111,7 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
     for name in ("epochs", "batch_size", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    for name in ("lr", "weight_decay", "speed_weight"):
+    for name in ("lr", "weight_decay", "speed_weight", "lateral_weight", "aux_vision_weight"):
         value = getattr(args, name)
         if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
             parser.error(f"--{name.replace('_', '-')} must be a finite number >= 0 (lr > 0), got {value}")
@@ -91,13 +121,14 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
         parser.error(f"{args.output} exists and is not empty; pass --force to write into it")
 
 
-def _evaluate(policy: VLAPolicy, loader: Any, speed_weight: float) -> float | None:
+def _evaluate(policy: VLAPolicy, loader: Any, objective: Objective) -> float | None:
+    """The policy's mean action loss over `loader` (the probe's is not part of it)."""
     import torch
 
     total, count = 0.0, 0
     with torch.no_grad():
         for batch in loader:
-            total += float(batch_loss(policy, batch, speed_weight)) * len(batch[0])
+            total += float(batch_loss(policy, batch, objective)[0]) * len(batch[0])
             count += len(batch[0])
     return total / count if count else None
 
@@ -138,6 +169,7 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
 
     from .builder import build_tiny_vla, load_model_config, save_vla
     from .dataset import DrivingDataset, collate, find_episodes, kept_episodes, split_by_seed
+    from .vision_probe import ProjectorTap, VisionProbe
 
     torch.manual_seed(args.seed)
     if args.config is None:
@@ -162,9 +194,17 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     policy.head.train()
     if args.freeze_vision:
         policy.model.model.vision_tower.requires_grad_(False)
-    params = [p for p in (*policy.model.parameters(), *policy.head.parameters()) if p.requires_grad]
+    objective = Objective(args.speed_weight, args.lateral_weight, args.aux_vision_weight)
+    if args.aux_vision_weight > 0:
+        torch.manual_seed(args.seed)
+        objective.probe = VisionProbe(policy.visual_tokens_per_image, policy.model.config.text_config.hidden_size,
+                                      2 * train_set.num_waypoints + 1)
+        objective.tap = ProjectorTap(policy.model.model)
     n_params = sum(p.numel() for p in (*policy.model.parameters(), *policy.head.parameters()))
-    n_trained = sum(p.numel() for p in params)
+    params = [p for p in (*policy.model.parameters(), *policy.head.parameters()) if p.requires_grad]
+    n_trained = sum(p.numel() for p in params)  # of the saved model; the probe is trained too, then dropped
+    if objective.probe is not None:
+        params += list(objective.probe.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     generator = torch.Generator().manual_seed(args.seed)
     train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, generator=generator,
@@ -186,7 +226,8 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
                    file=sys.stderr)
         for step, batch in enumerate(bar):
             step_start = time.perf_counter()
-            loss = batch_loss(policy, batch, args.speed_weight)
+            main, aux = batch_loss(policy, batch, objective)
+            loss = main if aux is None else main + args.aux_vision_weight * aux
             if not torch.isfinite(loss):
                 raise RuntimeError(f"non-finite training loss at epoch {epoch}, step {step}")
             optimizer.zero_grad(set_to_none=True)
@@ -194,7 +235,7 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             scheduler.step()
-            total += loss.item() * len(batch[0])
+            total += main.item() * len(batch[0])
             count += len(batch[0])
             bar.set_postfix(loss=f"{total / count:.3f}")
             if epoch == 1 and (step > 0 or len(train_loader) == 1):  # the first step pays one-off warm-up
@@ -208,7 +249,7 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
                     f"(plus validation)")
         bar.close()
         policy.model.eval()
-        val_loss = _evaluate(policy, val_loader, args.speed_weight)
+        val_loss = _evaluate(policy, val_loader, objective)
         policy.model.train()
         history.append({"epoch": epoch, "train_loss": total / count, "val_loss": val_loss,
                         "seconds": time.perf_counter() - epoch_start})
@@ -216,6 +257,8 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         log(f"epoch {epoch}/{args.epochs}: train loss {total / count:.4f}, val loss {val_text}, "
             f"{history[-1]['seconds']:.1f} s")
 
+    if objective.tap is not None:
+        objective.tap.close()
     policy.model.eval()
     policy.head.eval()
     policy.model.requires_grad_(True)
@@ -224,7 +267,8 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         "config": policy.config,
         "seed": args.seed,
         "hyperparameters": {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay",
-                                                          "speed_weight", "val_fraction", "freeze_vision",
+                                                          "speed_weight", "lateral_weight", "aux_vision_weight",
+                                                          "val_fraction", "freeze_vision",
                                                           "threads")},
         "data": _portable(args.data),
         "config_file": _portable(args.config),
