@@ -19,7 +19,7 @@ help:
 	@echo "make demo   set everything up, then run the demo on the bundled defaults"
 	@echo "make test   set everything up, then run ruff and the test suite"
 	@echo "make setup  only set up: .venv (main), .venv-sim (simulator), interface packages"
-	@echo "make model  re-record the expert data and retrain the bundled driving VLA (about 1.5 h on 2 cores)"
+	@echo "make model  re-record the expert data and retrain the bundled driving VLA (about 1.5 h on 2 cores, with -j2)"
 	@echo "make lint   ruff only;  make clean: build outputs;  make distclean: also both environments"
 
 setup: setup-main setup-sim
@@ -80,7 +80,7 @@ $(foreach s,$(EXPERT_SETS),$(EXPERT_DATA)/$(s)/dataset.json): | setup
 
 model: $(foreach s,$(EXPERT_SETS),$(EXPERT_DATA)/$(s)/dataset.json)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/autoprune-train --data $(EXPERT_DATA) --output models/tiny_drive --force \
-		--epochs 3 --seed 0 --threads 1
+		--epochs 3 --seed 0 --threads 2
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache *.egg-info results/demo

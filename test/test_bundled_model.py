@@ -3,13 +3,18 @@ and its instruction conditions what it commands (the check of models/README.md, 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from autoprune_ros.paths import resolve_model, share_dir
 from autoprune_ros.runtime.synthetic_frames import road_frame
 
 MODEL = share_dir() / "models" / "tiny_drive"
+# A MetaDrive frame from held-out episode seed 2 (tick 240, 8.3 m/s): the road bends left; the expert was 5.1 m to
+# the left 2 s later.
+LEFT_CURVE = Path(__file__).resolve().parent / "data" / "left_curve_seed2_tick240.png"
 
 
 def test_ships_safetensors_only_and_its_training_record() -> None:
@@ -54,3 +59,17 @@ def test_pruned_to_11_percent_it_still_stops(policy, name: str) -> None:
     pruning = build_policy({"policy": name, "budget": 22}, 4, policy.visual_tokens_per_image)
     follow, stop = (_command(policy, i, pruning=pruning) for i in ("follow the lane", "stop"))
     assert follow.target_speed > 6.0 and stop.target_speed < 1.0
+
+
+def test_it_reads_the_road(policy) -> None:
+    """The waypoints follow the road in the image: left on a left bend, right on the same frame mirrored. The
+    first trained version failed this: its waypoints were the same whatever the image (models/README.md)."""
+    from PIL import Image
+
+    frame = np.asarray(Image.open(LEFT_CURVE).convert("RGB"))
+    policy.reset()
+    left = policy.act([frame], "follow the lane", 8.3, 0.1).action
+    policy.reset()
+    mirrored = policy.act([np.ascontiguousarray(frame[:, ::-1])], "follow the lane", 8.3, 0.1).action
+    assert left.waypoints[3, 1] > 2.0 and left.steer > 0.0, left  # y left-positive, steer left-positive
+    assert mirrored.waypoints[3, 1] < -1.5 and mirrored.steer < 0.0, mirrored
