@@ -12,7 +12,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -122,9 +122,10 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
 
 
 def _evaluate(policy: VLAPolicy, loader: Any, objective: Objective) -> float | None:
-    """The policy's mean action loss over `loader` (the probe's is not part of it)."""
+    """The policy's mean action loss over `loader` (the probe is not run)."""
     import torch
 
+    objective = replace(objective, probe=None, tap=None)
     total, count = 0.0, 0
     with torch.no_grad():
         for batch in loader:
@@ -227,7 +228,7 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         for step, batch in enumerate(bar):
             step_start = time.perf_counter()
             main, aux = batch_loss(policy, batch, objective)
-            loss = main if aux is None else main + args.aux_vision_weight * aux
+            loss = main if aux is None else main + objective.aux_weight * aux
             if not torch.isfinite(loss):
                 raise RuntimeError(f"non-finite training loss at epoch {epoch}, step {step}")
             optimizer.zero_grad(set_to_none=True)
