@@ -99,6 +99,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="weight of the lateral (y) waypoint error against the longitudinal one")
     parser.add_argument("--aux-vision-weight", type=float, default=1.0,
                         help="weight of the training-only vision probe's loss (0: no probe); docs/training.md")
+    parser.add_argument("--mirror-prob", type=float, default=0.5,
+                        help="chance that a training sample is mirrored left-right (image, lateral targets and "
+                             "left/right in the instruction); 0: no mirroring")
+    parser.add_argument("--frame-stride", type=int, default=1,
+                        help="train each epoch on every N-th frame, the offset moving on by one each epoch")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="fraction of episode seeds held out")
     parser.add_argument("--freeze-vision", action="store_true", help="do not train the CLIP vision tower")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -108,13 +113,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    for name in ("epochs", "batch_size", "threads"):
+    for name in ("epochs", "batch_size", "threads", "frame_stride"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     for name in ("lr", "weight_decay", "speed_weight", "lateral_weight", "aux_vision_weight"):
         value = getattr(args, name)
         if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
             parser.error(f"--{name.replace('_', '-')} must be a finite number >= 0 (lr > 0), got {value}")
+    if not 0.0 <= args.mirror_prob <= 1.0:
+        parser.error(f"--mirror-prob must be in [0, 1], got {args.mirror_prob}")
     if not 0.0 <= args.val_fraction < 1.0:
         parser.error(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     if args.output.exists() and (not args.output.is_dir() or any(args.output.iterdir())) and not args.force:
@@ -168,6 +175,7 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
 
     from autoprune_ros.paths import config_path
 
+    from .augment import Mirrored, stride_lengths, stride_subset
     from .builder import build_tiny_vla, load_model_config, save_vla
     from .dataset import DrivingDataset, collate, find_episodes, kept_episodes, split_by_seed
     from .vision_probe import ProjectorTap, VisionProbe
@@ -208,13 +216,14 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         params += list(objective.probe.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     generator = torch.Generator().manual_seed(args.seed)
-    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, generator=generator,
-                              collate_fn=collate, num_workers=0)
+    augmented = Mirrored(train_set, args.mirror_prob, args.seed)
     val_loader = DataLoader(val_set, batch_size=args.batch_size, shuffle=False, collate_fn=collate, num_workers=0)
-    total_steps = args.epochs * len(train_loader)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    log(f"parameters: {n_params:,} ({n_trained:,} trained); {args.epochs} epochs x {len(train_loader)} steps of "
-        f"batch {args.batch_size}, {args.threads} threads")
+    epoch_samples = stride_lengths(len(train_set), args.frame_stride, args.epochs)
+    steps = [math.ceil(n / args.batch_size) for n in epoch_samples]
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=sum(steps))
+    log(f"parameters: {n_params:,} ({n_trained:,} trained); {args.epochs} epochs x {steps[0]} steps of "
+        f"batch {args.batch_size} (frame stride {args.frame_stride}, mirror probability {args.mirror_prob}), "
+        f"{args.threads} threads")
 
     history: list[dict[str, Any]] = []
     seconds_per_sample: float | None = None
@@ -223,6 +232,9 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     for epoch in range(1, args.epochs + 1):
         epoch_start = time.perf_counter()
         total, count = 0.0, 0
+        augmented.set_epoch(epoch)
+        train_loader = DataLoader(stride_subset(augmented, args.frame_stride, epoch), batch_size=args.batch_size,
+                                  shuffle=True, generator=generator, collate_fn=collate, num_workers=0)
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{args.epochs}", unit="batch", disable=args.no_progress,
                    file=sys.stderr)
         for step, batch in enumerate(bar):
@@ -245,14 +257,14 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
             if seconds_per_sample is None and timed[1] and (timed[1] >= 32 or step == len(train_loader) - 1):
                 seconds_per_sample = timed[0] / timed[1]
                 log(f"time per training sample: {seconds_per_sample * 1e3:.0f} ms -> about "
-                    f"{seconds_per_sample * len(train_set) / 60:.1f} min per epoch, "
-                    f"{seconds_per_sample * len(train_set) * args.epochs / 60:.1f} min for {args.epochs} epochs "
+                    f"{seconds_per_sample * epoch_samples[0] / 60:.1f} min per epoch, "
+                    f"{seconds_per_sample * sum(epoch_samples) / 60:.1f} min for {args.epochs} epochs "
                     f"(plus validation)")
         bar.close()
         policy.model.eval()
         val_loss = _evaluate(policy, val_loader, objective)
         policy.model.train()
-        history.append({"epoch": epoch, "train_loss": total / count, "val_loss": val_loss,
+        history.append({"epoch": epoch, "samples": count, "train_loss": total / count, "val_loss": val_loss,
                         "seconds": time.perf_counter() - epoch_start})
         val_text = "n/a" if val_loss is None else f"{val_loss:.4f}"
         log(f"epoch {epoch}/{args.epochs}: train loss {total / count:.4f}, val loss {val_text}, "
@@ -269,8 +281,8 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         "seed": args.seed,
         "hyperparameters": {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay",
                                                           "speed_weight", "lateral_weight", "aux_vision_weight",
-                                                          "val_fraction", "freeze_vision",
-                                                          "threads")},
+                                                          "mirror_prob", "frame_stride", "val_fraction",
+                                                          "freeze_vision", "threads")},
         "data": _portable(args.data),
         "config_file": _portable(args.config),
         "train_seeds": sorted(set(train_set.seeds)),
