@@ -221,7 +221,7 @@ def test_training_run(tmp_path: Path, episodes: dict[str, Path], small_config: P
     assert not set(report["train_seeds"]) & set(report["val_seeds"]) and 14 not in report["train_seeds"]
     assert report["train_samples"] == 20 and report["val_samples"] == 10 and report["seconds_per_sample"] > 0
     assert [e["samples"] for e in report["epochs"]] == [20, 20]
-    assert report["hyperparameters"]["mirror_prob"] == 0.5
+    assert report["hyperparameters"]["mirror_prob"] == 0
     assert "time per training sample" in capsys.readouterr().out
 
     files = {p.name for p in out_a.iterdir()}
@@ -241,16 +241,16 @@ def test_training_run(tmp_path: Path, episodes: dict[str, Path], small_config: P
     assert wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
 
 
-def test_frame_stride_and_no_mirroring(tmp_path: Path, episodes: dict[str, Path], small_config: Path) -> None:
+def test_frame_stride_and_mirroring(tmp_path: Path, episodes: dict[str, Path], small_config: Path) -> None:
     from autoprune_ros.vla.train import main
 
     args = ["--data", str(episodes["straight"].parent), "--config", str(small_config), "--epochs", "3", "--seed", "0",
             "--batch-size", "4", "--val-fraction", "0.34", "--no-progress", "--threads", "2", "--frame-stride", "3",
-            "--mirror-prob", "0", "--aux-vision-weight", "0", "--output", str(tmp_path / "m")]
+            "--mirror-prob", "1", "--aux-vision-weight", "0", "--output", str(tmp_path / "m")]
     assert main(args) == 0
     report = json.loads((tmp_path / "m" / "training.json").read_text(encoding="utf-8"))
     assert [e["samples"] for e in report["epochs"]] == [7, 7, 6]
-    assert report["hyperparameters"]["frame_stride"] == 3 and report["hyperparameters"]["mirror_prob"] == 0
+    assert report["hyperparameters"]["frame_stride"] == 3 and report["hyperparameters"]["mirror_prob"] == 1
     with pytest.raises(SystemExit):
         main([*args[:-2], "--output", str(tmp_path / "n"), "--mirror-prob", "1.5"])
 

@@ -2,9 +2,9 @@
 
 A mirrored camera frame shows the same road with left and right exchanged, so its targets are the expert's
 waypoints with the lateral coordinate negated, and its instruction has "left" and "right" exchanged ("turn left at
-the next intersection" becomes "turn right ..."). Mirroring half of the samples doubles the road layouts the
-vision tower sees and cancels any left/right bias of the recorded routes: tiny_drive v2, trained without it,
-predicted a 1 m drift to the left on straights of unseen maps and left the road on every closed-loop route.
+the next intersection" becomes "turn right ..."). It doubles the road layouts and cancels any left/right bias of
+the recorded routes, but it is off by default: with half the samples mirrored, the bundled recipe's budget was not
+enough for the vision tower to learn the road at all (docs/training.md).
 """
 from __future__ import annotations
 

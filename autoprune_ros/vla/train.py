@@ -99,9 +99,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="weight of the lateral (y) waypoint error against the longitudinal one")
     parser.add_argument("--aux-vision-weight", type=float, default=1.0,
                         help="weight of the training-only vision probe's loss (0: no probe); docs/training.md")
-    parser.add_argument("--mirror-prob", type=float, default=0.5,
+    parser.add_argument("--mirror-prob", type=float, default=0.0,
                         help="chance that a training sample is mirrored left-right (image, lateral targets and "
-                             "left/right in the instruction); 0: no mirroring")
+                             "left/right in the instruction); default 0: off (docs/training.md)")
     parser.add_argument("--frame-stride", type=int, default=1,
                         help="train each epoch on every N-th frame, the offset moving on by one each epoch")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="fraction of episode seeds held out")
