@@ -9,7 +9,6 @@ enough for the vision tower to learn the road at all (docs/training.md).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 
 import numpy as np
 from torch.utils.data import Dataset, Subset
@@ -70,6 +69,10 @@ class Mirrored(Dataset):
         return mirror_sample(sample) if self.mirrored(i) else sample
 
 
+def _stride_indices(length: int, stride: int, epoch: int) -> range:
+    return range((epoch - 1) % stride, length, stride)
+
+
 def stride_subset(dataset: Dataset, stride: int, epoch: int) -> Dataset:
     """The samples of `dataset` that epoch `epoch` (1-based) trains on: every `stride`-th one, starting at offset
     (epoch - 1) mod stride, so consecutive epochs see different, near-duplicate-free frames of the 10 Hz episodes
@@ -78,13 +81,9 @@ def stride_subset(dataset: Dataset, stride: int, epoch: int) -> Dataset:
         raise ValueError(f"frame stride must be >= 1, got {stride}")
     if stride == 1:
         return dataset
-    indices: Sequence[int] = range((epoch - 1) % stride, len(dataset), stride)  # type: ignore[arg-type]
-    return Subset(dataset, list(indices))
+    return Subset(dataset, list(_stride_indices(len(dataset), stride, epoch)))  # type: ignore[arg-type]
 
 
 def stride_lengths(length: int, stride: int, epochs: int) -> list[int]:
     """Number of samples each of `epochs` epochs trains on with `stride_subset` over `length` samples."""
-    return [len(range((e - 1) % stride, length, stride)) for e in range(1, epochs + 1)]
-
-
-__all__ = ["Mirrored", "mirror_instruction", "mirror_sample", "stride_lengths", "stride_subset"]
+    return [len(_stride_indices(length, stride, e)) for e in range(1, epochs + 1)]
