@@ -5,7 +5,9 @@ a schedule string means the same in data and in closed loop: "stop:20-45,slow:50
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 SLOW_DOWN = "slow down"
 STOP = "stop"
@@ -46,8 +48,19 @@ def parse_schedule(text: str) -> list[Segment]:
     return segments
 
 
+class Span(Protocol):
+    start: int
+    end: int
+
+
+SpanT = TypeVar("SpanT", bound=Span)
+
+
+def span_at(spans: Sequence[SpanT], tick: int) -> SpanT | None:
+    """The first of `spans` (anything with `start` and `end` ticks, end exclusive) that covers `tick`, else None."""
+    return next((span for span in spans if span.start <= tick < span.end), None)
+
+
 def override_at(segments: list[Segment], tick: int) -> str | None:
-    for segment in segments:
-        if segment.start <= tick < segment.end:
-            return segment.instruction
-    return None
+    segment = span_at(segments, tick)
+    return None if segment is None else segment.instruction

@@ -27,7 +27,15 @@ from typing import Any
 import numpy as np
 
 from autoprune_sim import ros_contract as contract
-from autoprune_sim.instructions import SLOW_DOWN, STOP, Segment, command_name, override_at, parse_schedule
+from autoprune_sim.instructions import (
+    SLOW_DOWN,
+    STOP,
+    Segment,
+    command_name,
+    override_at,
+    parse_schedule,
+    span_at,
+)
 
 SLOW_FACTOR = 0.5  # "slow down": this fraction of IDM's target speed
 DEFAULT_MIX = {STOP: 0.25, SLOW_DOWN: 0.25}
@@ -151,10 +159,8 @@ def random_perturbations(seed: int, mix_seed: int, ticks: int, scale: float) -> 
 
 
 def steer_offset_at(perturbations: list[Perturbation], tick: int) -> float | None:
-    for p in perturbations:
-        if p.start <= tick < p.end:
-            return p.steer
-    return None
+    perturbation = span_at(perturbations, tick)
+    return None if perturbation is None else perturbation.steer
 
 
 # ---- the expert
