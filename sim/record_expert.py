@@ -54,6 +54,9 @@ CRASH_KEYS = ("crash", "crash_vehicle", "crash_object", "crash_building")
 PERTURB_WARMUP_TICKS = (20, 40)
 PERTURB_GAP_TICKS = (30, 50)
 PERTURB_TICKS = (4, 9)
+# What training takes as the waypoints of a frame (episode.json "targets"; vla/dataset.py): the recorded drive, or
+# the way back to the reference path (the lane the expert steers for; every bag records it).
+ODOMETRY_TARGETS, REFERENCE_TARGETS = "odometry", "reference"
 DROPPED_DIR = "_dropped"
 STAGING_DIR = ".partial"  # episodes being recorded (the bag file is named after its folder)
 
@@ -62,6 +65,7 @@ TYPES = {
     contract.ODOMETRY_TOPIC: "nav_msgs/msg/Odometry",
     contract.CONTROL_TOPIC: "carla_msgs/msg/CarlaEgoVehicleControl",
     contract.INSTRUCTION_TOPIC: "std_msgs/msg/String",
+    contract.REFERENCE_PATH_TOPIC: "nav_msgs/msg/Path",
 }
 
 
@@ -222,6 +226,7 @@ class EpisodeSpec:
     traffic_density: float
     schedule: list[Segment] = field(default_factory=list)
     perturbations: list[Perturbation] = field(default_factory=list)
+    targets: str = ODOMETRY_TARGETS
 
     @property
     def name(self) -> str:
@@ -235,6 +240,15 @@ def control_msg(steer_md: float, throttle_brake: float):
     return CarlaEgoVehicleControl(steer=float(-steer_md), throttle=float(max(0.0, throttle_brake)),
                                   brake=float(max(0.0, -throttle_brake)), hand_brake=False, reverse=False,
                                   gear=1, manual_gear_shift=False)
+
+
+def kept(outcome: str, perturbed: bool, targets: str) -> bool:
+    """Whether an episode is training data. Crashes never are. Leaving the road is the expert failing, unless
+    steering noise was injected into an episode labelled by its reference paths: then it is the noise, and the
+    frames before it still carry correct labels (the last seconds, without a whole recorded future, are no
+    samples anyway: vla/dataset.py)."""
+    return outcome in ("arrive_dest", "timeout") or (
+        outcome == "out_of_road" and perturbed and targets == REFERENCE_TARGETS)
 
 
 def _outcome(crashed: bool, off_road: bool, arrived: bool) -> str:
@@ -254,6 +268,7 @@ def record_episode(spec: EpisodeSpec, folder: Path) -> dict[str, Any]:
     from autoprune_ros.replay.typestore import project_typestore
     from autoprune_sim.metadrive_env import STEP_S, Route, ego_state, frame_rgb, make_env
     from autoprune_sim.metrics import ProgressTracker
+    from autoprune_sim.reference_path import expert_lane, lane_ahead
 
     store = project_typestore()
     if TYPES[contract.CONTROL_TOPIC] not in store.types:
@@ -293,6 +308,8 @@ def record_episode(spec: EpisodeSpec, folder: Path) -> dict[str, Any]:
                 writer.write(conns[contract.CAMERA_TOPIC], ns, serialize_message(image))
                 odom = contract.odometry_msg(state.x, state.y, state.yaw, state.speed, 0.0, yaw_rate, stamp)
                 writer.write(conns[contract.ODOMETRY_TOPIC], ns, serialize_message(odom))
+                reference = contract.path_msg(lane_ahead(env, expert_lane(env, policy)), stamp)
+                writer.write(conns[contract.REFERENCE_PATH_TOPIC], ns, serialize_message(reference))
                 obs, _, done, info = env.step([0.0, 0.0])  # the policy drives; the env action is ignored
                 control = control_msg(env.vehicle.steering, env.vehicle.throttle_brake)
                 control.header.stamp = stamp
@@ -315,7 +332,8 @@ def record_episode(spec: EpisodeSpec, folder: Path) -> dict[str, Any]:
         "name": spec.name, "seed": spec.seed, "map": spec.map, "traffic_density": spec.traffic_density,
         "width": spec.width, "height": spec.height, "ticks": ticks, "max_ticks": spec.ticks, "dt_s": STEP_S,
         "outcome": outcome, "route_completion": round(progress.value, 4), "route_length_m": round(route.length_m, 2),
-        "kept": outcome in ("arrive_dest", "timeout"), "segments": segments,
+        "kept": kept(outcome, bool(spec.perturbations), spec.targets), "segments": segments,
+        "targets": spec.targets,
         "schedule": [vars(s) for s in spec.schedule], "perturbations": [vars(p) for p in spec.perturbations],
         "wall_s": round(elapsed, 2),
         "frames_per_s": round(ticks / elapsed, 2), "loop_frames_per_s": round(ticks / loop, 2),
@@ -400,6 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steer-noise", type=float, default=0.0,
                         help="hold the expert's steering plus an offset of up to this size (MetaDrive units, 1 = full "
                              "lock) for 0.4-0.8 s every 3-5 s, so the data shows recoveries (default 0: none)")
+    parser.add_argument("--targets", choices=(ODOMETRY_TARGETS, REFERENCE_TARGETS), default=ODOMETRY_TARGETS,
+                        help="training waypoints of the episodes: the recorded drive (default) or the way back to "
+                             "the lane the expert steers for; with 'reference', episodes that the steering noise "
+                             "drove off the road are kept (docs/training.md)")
     parser.add_argument("--resume", action="store_true", help="skip episodes already recorded in --output-dir")
     parser.add_argument("--keep-dropped", action="store_true", help="keep the bags of crashed/off-road episodes "
                                                                     f"(under {DROPPED_DIR}/)")
@@ -427,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = args.output_dir
     specs = [EpisodeSpec(seed, maps[i % len(maps)], args.ticks, args.width, args.height, args.traffic_density,
                          schedule if schedule is not None else random_schedule(seed, args.mix_seed, args.ticks, mix),
-                         random_perturbations(seed, args.mix_seed, args.ticks, args.steer_noise))
+                         random_perturbations(seed, args.mix_seed, args.ticks, args.steer_noise), args.targets)
              for i, seed in enumerate(seeds)]
     todo = [s for s in specs if not (args.resume and recorded(output_dir, s.name))]
     if len(todo) < len(specs):

@@ -18,7 +18,8 @@ from collections.abc import Mapping
 
 import numpy as np
 from builtin_interfaces.msg import Time
-from nav_msgs.msg import Odometry
+from geometry_msgs.msg import PoseStamped
+from nav_msgs.msg import Odometry, Path
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image
@@ -44,6 +45,8 @@ STATUS_TOPIC = "/carla/status"
 INSTRUCTION_TOPIC = "/autoprune/instruction"
 CONTROL_TOPIC = f"/carla/{ROLE_NAME}/vehicle_control_cmd"
 FRAME_STATS_TOPIC = "/autoprune/frame_stats"
+# privileged, MetaDrive only: the centreline the expert steers for, ahead of the ego (sim/reference_path.py)
+REFERENCE_PATH_TOPIC = f"/metadrive/{ROLE_NAME}/reference_path"
 
 # ---- navigation commands published on INSTRUCTION_TOPIC
 FOLLOW_LANE = "follow the lane"
@@ -190,6 +193,19 @@ def odometry_msg(x: float, y: float, yaw: float, vx: float, vy: float, yaw_rate:
     twist = msg.twist.twist
     twist.linear.x, twist.linear.y = float(vx), float(vy)
     twist.angular.z = float(yaw_rate)
+    return msg
+
+
+def path_msg(points, stamp: Time | float, frame_id: str = MAP_FRAME):
+    """nav_msgs/Path through (K, 2) points (x, y in `frame_id`), every pose stamped like the path."""
+    msg = Path()
+    msg.header.stamp = _as_time(stamp)
+    msg.header.frame_id = frame_id
+    for x, y in points:
+        pose = PoseStamped(header=msg.header)
+        pose.pose.position.x, pose.pose.position.y = float(x), float(y)
+        pose.pose.orientation.w = 1.0
+        msg.poses.append(pose)
     return msg
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from autoprune_sim import record_expert as rec
@@ -87,6 +88,14 @@ def test_bags_follow_the_contract(stop_dataset: Path) -> None:
             assert image.header.frame_id == "hero/rgb_front" and len(image.data) == 120 * 160 * 3
         assert len({bytes(images[0][2].data), bytes(images[-1][2].data)}) == 2, "the camera sees the car move"
         assert odoms[0][2].header.frame_id == "map" and odoms[0][2].child_frame_id == "hero"
+        paths = topics[rec.contract.REFERENCE_PATH_TOPIC]
+        assert [t for t, _, _ in paths] == [t for t, _, _ in odoms] == [_ns(m.header) for _, _, m in paths]
+        for (_, _, path), (_, _, odom) in zip(paths, odoms, strict=True):
+            points = np.array([(p.pose.position.x, p.pose.position.y) for p in path.poses])
+            assert path.header.frame_id == "map" and len(points) >= 20  # 60 m ahead every 2 m
+            np.testing.assert_allclose(np.hypot(*np.diff(points, axis=0).T), 2.0, atol=0.05)
+            car = np.array([odom.pose.pose.position.x, odom.pose.pose.position.y])
+            assert np.hypot(*(points[0] - car)) < 0.5, "starts beside the car: the clean expert drives on it"
 
         instructions = [(t, m.data) for t, _, m in topics[rec.contract.INSTRUCTION_TOPIC]]
         assert instructions[0][0] == 0 and instructions[0][1] != "stop"
@@ -121,9 +130,11 @@ def test_slow_down_and_resume(stop_dataset: Path, tmp_path: Path) -> None:
 
 @pytest.mark.sim
 def test_steering_perturbations_hold_the_expert_off_course(tmp_path: Path) -> None:
-    _record(tmp_path, "--seeds", "4", "--maps", "3", "--ticks", "80", "--steer-noise", "0.06")
+    _record(tmp_path, "--seeds", "4", "--maps", "3", "--ticks", "80", "--steer-noise", "0.06",
+            "--targets", "reference")
     folder = tmp_path / "seed00004_map3"
     meta = json.loads((folder / "episode.json").read_text())
+    assert meta["targets"] == "reference"
     perturbations = [rec.Perturbation(**p) for p in meta["perturbations"]]
     assert perturbations == rec.random_perturbations(4, 0, 80, 0.06) and perturbations
     bag = _read(folder)
@@ -133,6 +144,26 @@ def test_steering_perturbations_hold_the_expert_off_course(tmp_path: Path) -> No
     held = steer[first.start:first.end]
     assert max(held) - min(held) < 1e-6 and abs(held[0]) > 0.01, held  # frozen, and off IDM's ~0 on a straight
     assert abs(y[first.end] - y[first.start]) > 0.05, y[first.start:first.end + 1]
+
+    # Reference targets: off its lane after the perturbation, the car is labelled with the way back onto it.
+    from autoprune_ros.vla.dataset import _project, episode_targets, read_episode
+
+    episode = read_episode(folder)
+    index, waypoints, _ = episode_targets(episode, 4, 0.5)  # 2 s ahead: frames up to tick 59
+    row = int(np.flatnonzero(index == first.end)[0])
+    path, (x, y0, yaw) = episode.references[first.end], episode.poses[first.end]
+    assert abs(_project(path, np.array([x, y0]))[1]) > 0.05
+    c, s = np.cos(yaw), np.sin(yaw)
+    after_2s = np.array([x + c * waypoints[row, 3, 0] - s * waypoints[row, 3, 1],
+                         y0 + s * waypoints[row, 3, 0] + c * waypoints[row, 3, 1]])
+    assert abs(_project(path, after_2s)[1]) < 0.05, "back on the lane centre 2 s later"
+
+
+def test_kept_episodes() -> None:
+    assert rec.kept("timeout", False, "odometry") and rec.kept("arrive_dest", True, "reference")
+    assert not rec.kept("crash", True, "reference") and not rec.kept("out_of_road", False, "reference")
+    assert not rec.kept("out_of_road", True, "odometry"), "an odometry label would teach leaving the road"
+    assert rec.kept("out_of_road", True, "reference"), "the frames before are labelled with the way back"
 
 
 def test_random_perturbations() -> None:

@@ -16,10 +16,13 @@ from autoprune_ros.vla.dataset import (
     IMAGE_TOPIC,
     INSTRUCTION_TOPIC,
     ODOM_TOPIC,
+    REFERENCE_TOPIC,
     DrivingDataset,
     episode_targets,
+    future_targets,
     kept_episodes,
     read_episode,
+    reference_targets,
     split_by_seed,
 )
 
@@ -45,8 +48,9 @@ def turn(s: float) -> tuple[float, float, float]:
 
 def write_episode(folder: Path, path_fn: Callable[[float], tuple[float, float, float]], seed: int, kept: bool = True,
                   instructions: tuple[str, ...] = ("follow the lane",), topics: tuple[str, ...] | None = None,
-                  extra_meta: dict | None = None) -> Path:
-    """A rosbag2 (mcap, v8) episode on the bag contract plus its episode.json; speed ramps 4 -> 6.9 m/s."""
+                  extra_meta: dict | None = None, reference: Callable[[float], np.ndarray] | None = None) -> Path:
+    """A rosbag2 (mcap, v8) episode on the bag contract plus its episode.json; speed ramps 4 -> 6.9 m/s. With
+    `reference`, every frame also has a nav_msgs/Path on REFERENCE_TOPIC through reference(t)'s (K, 2) points."""
     from rosbags.rosbag2 import StoragePlugin, Writer
 
     from autoprune_ros.replay.typestore import project_typestore
@@ -55,8 +59,9 @@ def write_episode(folder: Path, path_fn: Callable[[float], tuple[float, float, f
     t = ts.types
     rng = np.random.default_rng(seed)
     types = {IMAGE_TOPIC: "sensor_msgs/msg/Image", ODOM_TOPIC: "nav_msgs/msg/Odometry",
-             CONTROL_TOPIC: "carla_msgs/msg/CarlaEgoVehicleControl", INSTRUCTION_TOPIC: "std_msgs/msg/String"}
-    topics = tuple(types) if topics is None else topics
+             CONTROL_TOPIC: "carla_msgs/msg/CarlaEgoVehicleControl", INSTRUCTION_TOPIC: "std_msgs/msg/String",
+             REFERENCE_TOPIC: "nav_msgs/msg/Path"}
+    topics = tuple(t for t in types if t != REFERENCE_TOPIC or reference) if topics is None else topics
     with Writer(folder, version=8, storage_plugin=StoragePlugin.MCAP) as writer:
         conns = {topic: writer.add_connection(topic, types[topic], typestore=ts) for topic in topics}
 
@@ -85,6 +90,12 @@ def write_episode(folder: Path, path_fn: Callable[[float], tuple[float, float, f
                 header=header, child_frame_id="hero",
                 pose=t["geometry_msgs/msg/PoseWithCovariance"](pose=pose, covariance=np.zeros(36)),
                 twist=t["geometry_msgs/msg/TwistWithCovariance"](twist=twist, covariance=np.zeros(36))))
+            if reference is not None:
+                put(REFERENCE_TOPIC, ns, t["nav_msgs/msg/Path"](header=header, poses=[
+                    t["geometry_msgs/msg/PoseStamped"](header=header, pose=t["geometry_msgs/msg/Pose"](
+                        position=t["geometry_msgs/msg/Point"](x=float(px), y=float(py), z=0.0),
+                        orientation=t["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0)))
+                    for px, py in reference(i * DT)]))
             put(CONTROL_TOPIC, ns, t["carla_msgs/msg/CarlaEgoVehicleControl"](
                 header=header, throttle=0.3, steer=-0.1, brake=0.0, hand_brake=False, reverse=False, gear=1,
                 manual_gear_shift=False))
@@ -181,6 +192,84 @@ def test_frames_near_injected_steering_noise_are_not_samples(tmp_path: Path, sma
     data = DrivingDataset([write_episode(tmp_path / "early", straight, seed=2, extra_meta=early)], cfg)
     assert [frame for _, frame, _ in data._index] == [6, 7, 8, 9]  # the recovery after tick 6 is kept
     assert len(DrivingDataset([write_episode(tmp_path / "none", straight, seed=3)], cfg)) == 10
+
+
+def _line(start: np.ndarray, yaw: float, length: float = 60.0, step: float = 2.0) -> np.ndarray:
+    return start + np.arange(0.0, length, step)[:, None] * np.array([math.cos(yaw), math.sin(yaw)])
+
+
+def test_reference_targets_lead_back_to_the_lane() -> None:
+    # A car 1 m left of a straight centreline, parallel to it at 5 m/s: the offset fades by a raised cosine over
+    # 2 s (0.854, 0.5, 0.146, 0 of it left at 0.5 s steps) while the car covers its recorded distance.
+    stamps = np.arange(40) * 0.1
+    poses = np.stack([3.0 + 5.0 * stamps, np.ones(40), np.zeros(40)], axis=-1)
+    speeds = np.full(40, 5.0)
+    refs = [_line(np.array([p[0] - 1.0, 0.0]), 0.0) for p in poses]
+    index, waypoints, target_speed = reference_targets(stamps, poses, speeds, refs, 4, 0.5, converge_s=2.0)
+    assert index.tolist() == list(range(20))
+    fade = np.array([0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4)), 0.0])
+    expected = np.stack([2.5 * np.arange(1, 5), fade - 1.0], axis=-1)
+    np.testing.assert_allclose(waypoints, np.broadcast_to(expected, waypoints.shape), atol=1e-9)
+    np.testing.assert_allclose(target_speed, 5.0)
+
+    # Heading 0.2 rad to the left of the lane while on its centre: the way back bends right in the car's frame.
+    poses[:, 1], poses[:, 2] = 0.0, 0.2
+    refs = [_line(np.array([p[0], 0.0]), 0.0) for p in poses]
+    _, waypoints, _ = reference_targets(stamps, poses, speeds, refs, 4, 0.5)
+    along = 2.5 * np.arange(1, 5)  # the recorded distance, covered along the lane
+    expected = np.stack([math.cos(0.2) * along, -math.sin(0.2) * along], axis=-1)
+    np.testing.assert_allclose(waypoints[0], expected, atol=1e-9)
+
+    with pytest.raises(ValueError, match="at least 2 points"):
+        reference_targets(stamps, poses, speeds, [np.zeros((1, 2))] * 40, 4, 0.5)
+
+
+def test_reference_targets_match_the_drive_on_the_centreline() -> None:
+    # Driving exactly along a curved centreline, the reference labels are the recorded future (future_targets)
+    # up to the polyline's chords (0.5 m spacing on a 10 m radius: < 1 cm).
+    stamps = np.arange(40) * DT
+    poses = np.array([turn(t) for t in stamps])
+    speeds = np.full(40, SPEED)
+    refs = [np.array([turn(t + ds / SPEED)[:2] for ds in np.arange(0.0, 30.0, 0.5)]) for t in stamps]
+    index, waypoints, _ = reference_targets(stamps, poses, speeds, refs, 4, 0.5)
+    f_index, f_waypoints, _ = future_targets(stamps, poses, speeds, 4, 0.5)
+    assert index.tolist() == f_index.tolist()
+    np.testing.assert_allclose(waypoints, f_waypoints, atol=0.01)
+
+
+def test_reference_paths_from_bags_keep_perturbed_frames(tmp_path: Path, small_config: Path) -> None:
+    # The same perturbed episode with reference paths: every frame with a full future is a sample, labelled with
+    # the way back to the path (here 1 m to the right of the drive), not with the recorded drive.
+    cfg = yaml.safe_load(small_config.read_text(encoding="utf-8"))
+    early = {"dt_s": 0.1, "perturbations": [{"start": 2, "end": 6, "steer": -0.1}], "targets": "reference"}
+    yaw = straight(0.0)[2]
+    right = np.array([math.sin(yaw), -math.cos(yaw)])
+
+    def reference(t: float) -> np.ndarray:
+        return _line(np.array(straight(t)[:2]) + right, yaw)
+
+    folder = write_episode(tmp_path / "ref", straight, seed=2, extra_meta=early, reference=reference)
+    episode = read_episode(folder)
+    assert episode.references is not None and len(episode.references) == FRAMES
+    np.testing.assert_allclose(episode.references[3][0], reference(0.3)[0], atol=1e-9)
+    data = DrivingDataset([folder], cfg)
+    assert [frame for _, frame, _ in data._index] == list(range(10))
+    waypoints = data[0][3].numpy()
+    np.testing.assert_allclose(waypoints[-1], (SPEED * 2.0, -1.0), atol=1e-4)  # on the path after 2 s
+    assert waypoints[0, 1] == pytest.approx(-(1 - 0.5 * (1 + math.cos(math.pi / 4))), abs=1e-4)
+
+    # Odometry targets (the default) ignore the recorded paths and drop the frames near the perturbation.
+    odometry = write_episode(tmp_path / "odometry", straight, seed=3, extra_meta=dict(early, targets="odometry"),
+                             reference=reference)
+    data = DrivingDataset([odometry], cfg)
+    assert [frame for _, frame, _ in data._index] == [6, 7, 8, 9]
+    np.testing.assert_allclose(data[0][3].numpy()[:, 1], 0.0, atol=1e-6)
+
+    # Reference targets asked for, but the bag has no reference topic: a clear error naming the fix.
+    missing = write_episode(tmp_path / "missing", straight, seed=4, extra_meta=early)
+    assert read_episode(missing).references is None
+    with pytest.raises(ValueError, match="re-record"):
+        DrivingDataset([missing], cfg)
 
 
 def test_corrupt_and_incomplete_bags(tmp_path: Path, episodes: dict[str, Path]) -> None:

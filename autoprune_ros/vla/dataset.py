@@ -24,6 +24,8 @@ IMAGE_TOPIC = "/carla/hero/rgb_front/image"
 ODOM_TOPIC = "/carla/hero/odometry"
 CONTROL_TOPIC = "/carla/hero/vehicle_control_cmd"
 INSTRUCTION_TOPIC = "/autoprune/instruction"
+REFERENCE_TOPIC = "/metadrive/hero/reference_path"  # nav_msgs/Path, optional: the lane the expert steers for
+REFERENCE_TARGETS = "reference"  # episode.json "targets" that selects `reference_targets`
 EPISODE_FILE = "episode.json"
 
 SPEED_HORIZON_S = 1.0  # target speed = recorded speed this long after the frame
@@ -31,6 +33,9 @@ SPEED_HORIZON_S = 1.0  # target speed = recorded speed this long after the frame
 # are not training samples: their recorded future is the noise, not the expert. The frames after it, with the car
 # off its lane centre and the expert bringing it back, are the point of injecting it.
 PERTURBATION_MARGIN_S = 2.0
+# Reference targets (episodes with REFERENCE_TOPIC): the car's offset from the lane centre fades to zero over this
+# long (a raised-cosine blend), whatever the recorded car did meanwhile.
+CONVERGE_S = 2.0
 _EPS = 1e-6
 
 Sample = tuple[np.ndarray, str, float, torch.Tensor, float]
@@ -44,7 +49,8 @@ class _BagProblem(ValueError):
 class Episode:
     """One recorded episode, frames in stamp order: images (T, H, W, 3) uint8 RGB, stamps (T,) s, poses (T, 3)
     map-frame x, y, yaw, speeds (T,) m/s, the instruction in force per frame, controls (T, 3) steer / throttle /
-    brake of the expert (NaN where not recorded) and the parsed episode.json (empty if absent)."""
+    brake of the expert (NaN where not recorded), the parsed episode.json (empty if absent) and, where the bag has
+    REFERENCE_TOPIC for every frame, the lane centreline ahead per frame ((K, 2) map-frame points), else None."""
 
     path: Path
     images: np.ndarray
@@ -54,6 +60,7 @@ class Episode:
     instructions: list[str]
     controls: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
+    references: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.stamps)
@@ -107,6 +114,7 @@ def read_episode(bag_dir: str | Path) -> Episode:
     odom: dict[int, tuple[float, float, float, float]] = {}
     controls: dict[int, tuple[float, float, float]] = {}
     instructions: list[tuple[int, str]] = []
+    references: dict[int, np.ndarray] = {}
     try:
         with Reader(bag_dir) as reader:
             topics = {c.topic for c in reader.connections}
@@ -115,7 +123,7 @@ def read_episode(bag_dir: str | Path) -> Episode:
                 raise _BagProblem(f"{bag_dir}: missing topic(s) {', '.join(missing)} "
                                   f"(has: {', '.join(sorted(topics)) or 'none'})")
             wanted = [c for c in reader.connections
-                      if c.topic in (IMAGE_TOPIC, ODOM_TOPIC, CONTROL_TOPIC, INSTRUCTION_TOPIC)]
+                      if c.topic in (IMAGE_TOPIC, ODOM_TOPIC, CONTROL_TOPIC, INSTRUCTION_TOPIC, REFERENCE_TOPIC)]
             for conn, t_ns, raw in reader.messages(connections=wanted):
                 msg = store.deserialize_cdr(raw, conn.msgtype)
                 if conn.topic == IMAGE_TOPIC:
@@ -126,6 +134,9 @@ def read_episode(bag_dir: str | Path) -> Episode:
                                                 msg.twist.twist.linear.x)
                 elif conn.topic == CONTROL_TOPIC:
                     controls[_stamp(msg.header)] = (msg.steer, msg.throttle, msg.brake)
+                elif conn.topic == REFERENCE_TOPIC:
+                    references[_stamp(msg.header)] = np.array(
+                        [(p.pose.position.x, p.pose.position.y) for p in msg.poses], dtype=np.float64).reshape(-1, 2)
                 else:
                     instructions.append((t_ns, str(msg.data)))
     except _BagProblem:
@@ -158,6 +169,7 @@ def read_episode(bag_dir: str | Path) -> Episode:
         instructions=[instructions[i][1] for i in which],
         controls=np.array([controls.get(s, nan3) for s in stamps_ns], dtype=np.float64),
         meta=meta,
+        references=[references[s] for s in stamps_ns] if all(s in references for s in stamps_ns) else None,
     )
 
 
@@ -184,10 +196,79 @@ def future_targets(stamps: np.ndarray, poses: np.ndarray, speeds: np.ndarray, nu
     return index, waypoints, target_speed
 
 
+def _project(path: np.ndarray, point: np.ndarray) -> tuple[float, float]:
+    """(arc length of `point`'s projection on the polyline `path` (K >= 2, 2), signed perpendicular offset from it,
+    left positive)."""
+    seg = np.diff(path, axis=0)
+    length = np.hypot(seg[:, 0], seg[:, 1])
+    ok = length > _EPS
+    seg, length, starts = seg[ok], length[ok], path[:-1][ok]
+    if length.size == 0:
+        raise ValueError("reference path has no extent")
+    rel = point[None, :] - starts
+    t = np.clip(np.einsum("ij,ij->i", rel, seg) / length**2, 0.0, 1.0)
+    i = int(np.argmin(np.hypot(*(rel - t[:, None] * seg).T)))
+    cum = np.concatenate(([0.0], np.cumsum(length)))
+    ux, uy = seg[i] / length[i]
+    return float(cum[i] + t[i] * length[i]), float(ux * rel[i, 1] - uy * rel[i, 0])
+
+
+def _along(path: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(points (M, 2), unit left normals (M, 2)) at arc lengths `s` on the polyline, extended straight past its
+    ends."""
+    seg = np.diff(path, axis=0)
+    length = np.hypot(seg[:, 0], seg[:, 1])
+    ok = length > _EPS
+    seg, length, starts = seg[ok], length[ok], path[:-1][ok]
+    cum = np.concatenate(([0.0], np.cumsum(length)))
+    i = np.clip(np.searchsorted(cum, s, side="right") - 1, 0, length.size - 1)
+    unit = seg[i] / length[i, None]
+    points = starts[i] + unit * (s - cum[i])[:, None]
+    return points, np.stack((-unit[:, 1], unit[:, 0]), axis=-1)
+
+
+def reference_targets(stamps: np.ndarray, poses: np.ndarray, speeds: np.ndarray, references: Sequence[np.ndarray],
+                      num_waypoints: int, waypoint_dt: float, speed_horizon: float = SPEED_HORIZON_S,
+                      converge_s: float = CONVERGE_S) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Like `future_targets`, but the waypoints go where the car should have gone rather than where it went: at
+    t + k * waypoint_dt the car has covered the distance it recorded, measured along the frame's reference
+    centreline (`references[i]`, (K, 2) map-frame points ahead), and its lateral offset from that centreline at
+    t has faded by a raised cosine that reaches zero after `converge_s`. A car put off its lane (injected steering
+    noise) is thus labelled with the way back, whatever it did next. Same frames and target speeds as
+    `future_targets`."""
+    index, _, target_speed = future_targets(stamps, poses, speeds, num_waypoints, waypoint_dt, speed_horizon)
+    if index.size == 0:
+        return index, np.zeros((0, num_waypoints, 2)), target_speed
+    step = np.hypot(*np.diff(poses[:, :2], axis=0).T)
+    travelled = np.concatenate(([0.0], np.cumsum(step)))
+    offsets = waypoint_dt * np.arange(1, num_waypoints + 1)
+    fade = 0.5 * (1.0 + np.cos(np.pi * np.minimum(offsets / converge_s, 1.0)))
+    waypoints = np.zeros((index.size, num_waypoints, 2))
+    for row, i in enumerate(index):
+        path, origin, yaw = references[i], poses[i, :2], poses[i, 2]
+        if len(path) < 2:
+            raise ValueError(f"frame {i}: the reference path needs at least 2 points, got {len(path)}")
+        s0, lateral = _project(path, origin)
+        distance = np.interp(stamps[i] + offsets, stamps, travelled) - travelled[i]
+        points, normals = _along(path, s0 + distance)
+        world = points + normals * (lateral * fade)[:, None] - origin
+        cos, sin = math.cos(yaw), math.sin(yaw)
+        waypoints[row] = np.stack((cos * world[:, 0] + sin * world[:, 1], -sin * world[:, 0] + cos * world[:, 1]),
+                                  axis=-1)
+    return index, waypoints, target_speed
+
+
 def episode_targets(episode: Episode, num_waypoints: int, waypoint_dt: float,
                     speed_horizon: float = SPEED_HORIZON_S) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Training targets of the frames that have the whole future recorded: (frame indices (M,), waypoints
-    (M, N, 2), target speeds (M,)) as `future_targets` computes them on the episode's odometry."""
+    (M, N, 2), target speeds (M,)): `reference_targets` where episode.json says `"targets": "reference"`, else
+    `future_targets` on its odometry."""
+    if episode.meta.get("targets") == REFERENCE_TARGETS:
+        if episode.references is None:
+            raise ValueError(f"{episode.path}: episode.json asks for reference targets but not every frame has a "
+                             f"message on {REFERENCE_TOPIC}: re-record it")
+        return reference_targets(episode.stamps, episode.poses, episode.speeds, episode.references, num_waypoints,
+                                 waypoint_dt, speed_horizon)
     return future_targets(episode.stamps, episode.poses, episode.speeds, num_waypoints, waypoint_dt, speed_horizon)
 
 
@@ -235,7 +316,8 @@ def split_by_seed(bag_dirs: Sequence[str | Path], val_fraction: float,
 
 class DrivingDataset(Dataset):
     """Samples (image HxWx3 uint8, instruction, speed m/s, waypoints (N, 2) float32 tensor, target speed m/s)
-    from the `kept: true` episodes among `bag_dirs`, minus the frames `unperturbed` rejects; N and the waypoint
+    from the `kept: true` episodes among `bag_dirs` (targets: `episode_targets`), minus the frames `unperturbed`
+    rejects in episodes with odometry targets; N and the waypoint
     spacing come from the model config's `action_head`. Frames are held in memory as uint8 (the processor resizes
     them at batch time)."""
 
@@ -254,7 +336,9 @@ class DrivingDataset(Dataset):
             self.episodes.append(episode)
             self.seeds.append(int(episode.meta["seed"]))
             self._targets.append((waypoints.astype(np.float32), speeds.astype(np.float32)))
-            clean = unperturbed(episode.stamps[frames], episode.meta)
+            # with reference targets the label is the way back to the lane, so perturbed frames are good samples
+            clean = (np.ones(len(frames), dtype=bool) if episode.meta.get("targets") == REFERENCE_TARGETS
+                     else unperturbed(episode.stamps[frames], episode.meta))
             self._index.extend((e, int(f), row) for row, f in enumerate(frames) if clean[row])
 
     def __len__(self) -> int:
