@@ -15,11 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import shutil
 import sys
 import tempfile
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -340,6 +342,14 @@ def record_episode(spec: EpisodeSpec, folder: Path) -> dict[str, Any]:
     }
 
 
+def record_isolated(spec: EpisodeSpec, folder: Path) -> dict[str, Any]:
+    """`record_episode` in a fresh process. MetaDrive 0.3.0.1 renders the road of every environment after the
+    first one of a process without its textures (pale grey asphalt, lane markings barely visible), while the bridge
+    runs one environment per process; recording in-process gave training frames that looked unlike closed loop."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(record_episode, spec, folder).result()
+
+
 def _check_writable(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -463,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         if partial.exists():
             shutil.rmtree(partial)
         try:
-            meta = record_episode(spec, partial)
+            meta = record_isolated(spec, partial)
         except Exception:
             shutil.rmtree(partial, ignore_errors=True)
             raise

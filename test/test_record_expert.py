@@ -62,6 +62,7 @@ def test_bags_follow_the_contract(stop_dataset: Path) -> None:
     summary = json.loads((stop_dataset / "dataset.json").read_text())
     assert summary["episodes"] == 2 and summary["kept"] == 2, summary
     assert summary["frames_per_instruction"]["stop"] == 60
+    roads: list[float] = []
     for seed in (1, 2):
         folder = stop_dataset / f"seed{seed:05d}_map3"
         meta = json.loads((folder / "episode.json").read_text())
@@ -87,6 +88,8 @@ def test_bags_follow_the_contract(stop_dataset: Path) -> None:
             assert (image.encoding, image.height, image.width, image.step) == ("rgb8", 120, 160, 480)
             assert image.header.frame_id == "hero/rgb_front" and len(image.data) == 120 * 160 * 3
         assert len({bytes(images[0][2].data), bytes(images[-1][2].data)}) == 2, "the camera sees the car move"
+        first = np.frombuffer(bytes(images[0][2].data), np.uint8).reshape(120, 160, 3)
+        roads.append(float(first[80:].mean()))  # the lower third: asphalt just ahead
         assert odoms[0][2].header.frame_id == "map" and odoms[0][2].child_frame_id == "hero"
         paths = topics[rec.contract.REFERENCE_PATH_TOPIC]
         assert [t for t, _, _ in paths] == [t for t, _, _ in odoms] == [_ns(m.header) for _, _, m in paths]
@@ -113,6 +116,9 @@ def test_bags_follow_the_contract(stop_dataset: Path) -> None:
         assert max(speed[42:55]) < 0.5, speed[25:55]
         assert max(throttle[55:]) > 0.5, "resumes with the route command"
         assert all(b == 0 for b in brake[:20]) and all(-1 <= m.steer <= 1 for _, _, m in controls)
+    # Both episodes are rendered like the bridge's single environment: dark asphalt (mean ~74). A second MetaDrive
+    # environment in one process loses the road textures (mean ~150); the recorder isolates each episode.
+    assert max(roads) < 110 and abs(roads[0] - roads[1]) < 20, roads
 
 
 @pytest.mark.sim
