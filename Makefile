@@ -19,7 +19,7 @@ help:
 	@echo "make demo   set everything up, then run the demo on the bundled defaults"
 	@echo "make test   set everything up, then run ruff and the test suite"
 	@echo "make setup  only set up: .venv (main), .venv-sim (simulator), interface packages"
-	@echo "make model  re-record the expert data and retrain the bundled driving VLA (about 1.5 h on 2 cores, with -j2)"
+	@echo "make model  re-record the expert data and retrain the bundled driving VLA (about 1.5 h on 2 cores with -j2: 30 min of recording, 50 min of training)"
 	@echo "make lint   ruff only;  make clean: build outputs;  make distclean: also both environments"
 
 setup: setup-main setup-sim
@@ -66,21 +66,24 @@ test: setup lint
 demo: setup
 	$(IN_ROS_ENV) $(VENV)/bin/autoprune-demo
 
-# ---- the bundled driving VLA (models/README.md): expert data (a, b: clean; c, d: with steering perturbations, so
-# the data shows recoveries), recorded in parallel with -j2, then training
+# ---- the bundled driving VLA (models/README.md): expert data recorded in parallel with -j2, then training.
+# a, b: clean; c, d: small steering perturbations, labelled with the recorded drive (the frames near them are
+# dropped); e, f: larger perturbations, labelled with the way back to the lane (--targets reference).
 EXPERT_DATA := data/expert
-EXPERT_SETS := a b c d
-$(EXPERT_DATA)/a/dataset.json: EXPERT_ARGS := --seeds 0-21
-$(EXPERT_DATA)/b/dataset.json: EXPERT_ARGS := --seeds 22-43
-$(EXPERT_DATA)/c/dataset.json: EXPERT_ARGS := --seeds 44-54 --steer-noise 0.06
-$(EXPERT_DATA)/d/dataset.json: EXPERT_ARGS := --seeds 55-65 --steer-noise 0.06
+EXPERT_SETS := a b c d e f
+$(EXPERT_DATA)/a/dataset.json: EXPERT_ARGS := --seeds 0-19
+$(EXPERT_DATA)/b/dataset.json: EXPERT_ARGS := --seeds 20-39
+$(EXPERT_DATA)/c/dataset.json: EXPERT_ARGS := --seeds 40-59 --steer-noise 0.06
+$(EXPERT_DATA)/d/dataset.json: EXPERT_ARGS := --seeds 60-79 --steer-noise 0.06
+$(EXPERT_DATA)/e/dataset.json: EXPERT_ARGS := --seeds 80-99 --steer-noise 0.12 --targets reference
+$(EXPERT_DATA)/f/dataset.json: EXPERT_ARGS := --seeds 100-119 --steer-noise 0.12 --targets reference
 $(foreach s,$(EXPERT_SETS),$(EXPERT_DATA)/$(s)/dataset.json): | setup
 	AMENT_PREFIX_PATH=$(CURDIR)/$(SIM_VENV) $(SIM_VENV)/bin/python -m autoprune_sim.record_expert --resume \
-		$(EXPERT_ARGS) --maps 3,4,SCX --ticks 600 --output-dir $(@D) --no-progress
+		$(EXPERT_ARGS) --maps 3,4,SCX --ticks 400 --output-dir $(@D) --no-progress
 
 model: $(foreach s,$(EXPERT_SETS),$(EXPERT_DATA)/$(s)/dataset.json)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/autoprune-train --data $(EXPERT_DATA) --output models/tiny_drive --force \
-		--epochs 3 --seed 0 --threads 2
+		--epochs 5 --frame-stride 2 --seed 0 --threads 2
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache *.egg-info results/demo
