@@ -17,7 +17,7 @@ STEP_M = 2.0
 def _next_lane(graph, checkpoints: list[str], lane):
     """The route's continuation of `lane` (same lane number, clamped to the next road's lane count), or None at
     the route's end or off the route."""
-    start, end, number = lane.index
+    _, end, number = lane.index
     try:
         position = checkpoints.index(end)
     except ValueError:

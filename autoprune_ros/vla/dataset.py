@@ -196,35 +196,35 @@ def future_targets(stamps: np.ndarray, poses: np.ndarray, speeds: np.ndarray, nu
     return index, waypoints, target_speed
 
 
-def _project(path: np.ndarray, point: np.ndarray) -> tuple[float, float]:
-    """(arc length of `point`'s projection on the polyline `path` (K >= 2, 2), signed perpendicular offset from it,
-    left positive)."""
+def _segments(path: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The polyline `path` (K, 2) without zero-length segments: (segment starts (S, 2), unit directions (S, 2),
+    lengths (S,), arc length at each start and at the end (S + 1,)); ValueError if nothing is left."""
     seg = np.diff(path, axis=0)
     length = np.hypot(seg[:, 0], seg[:, 1])
     ok = length > _EPS
-    seg, length, starts = seg[ok], length[ok], path[:-1][ok]
-    if length.size == 0:
+    if not ok.any():
         raise ValueError("reference path has no extent")
+    seg, length = seg[ok], length[ok]
+    return path[:-1][ok], seg / length[:, None], length, np.concatenate(([0.0], np.cumsum(length)))
+
+
+def _project(path: np.ndarray, point: np.ndarray) -> tuple[float, float]:
+    """(arc length of `point`'s projection on the polyline `path` (K >= 2, 2), signed perpendicular offset from it,
+    left positive)."""
+    starts, unit, length, cum = _segments(path)
     rel = point[None, :] - starts
-    t = np.clip(np.einsum("ij,ij->i", rel, seg) / length**2, 0.0, 1.0)
-    i = int(np.argmin(np.hypot(*(rel - t[:, None] * seg).T)))
-    cum = np.concatenate(([0.0], np.cumsum(length)))
-    ux, uy = seg[i] / length[i]
-    return float(cum[i] + t[i] * length[i]), float(ux * rel[i, 1] - uy * rel[i, 0])
+    along = np.clip(np.einsum("ij,ij->i", rel, unit), 0.0, length)
+    i = int(np.argmin(np.hypot(*(rel - along[:, None] * unit).T)))
+    return float(cum[i] + along[i]), float(unit[i, 0] * rel[i, 1] - unit[i, 1] * rel[i, 0])
 
 
 def _along(path: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(points (M, 2), unit left normals (M, 2)) at arc lengths `s` on the polyline, extended straight past its
     ends."""
-    seg = np.diff(path, axis=0)
-    length = np.hypot(seg[:, 0], seg[:, 1])
-    ok = length > _EPS
-    seg, length, starts = seg[ok], length[ok], path[:-1][ok]
-    cum = np.concatenate(([0.0], np.cumsum(length)))
+    starts, unit, length, cum = _segments(path)
     i = np.clip(np.searchsorted(cum, s, side="right") - 1, 0, length.size - 1)
-    unit = seg[i] / length[i, None]
-    points = starts[i] + unit * (s - cum[i])[:, None]
-    return points, np.stack((-unit[:, 1], unit[:, 0]), axis=-1)
+    points = starts[i] + unit[i] * (s - cum[i])[:, None]
+    return points, np.stack((-unit[i, 1], unit[i, 0]), axis=-1)
 
 
 def reference_targets(stamps: np.ndarray, poses: np.ndarray, speeds: np.ndarray, references: Sequence[np.ndarray],
@@ -317,9 +317,8 @@ def split_by_seed(bag_dirs: Sequence[str | Path], val_fraction: float,
 class DrivingDataset(Dataset):
     """Samples (image HxWx3 uint8, instruction, speed m/s, waypoints (N, 2) float32 tensor, target speed m/s)
     from the `kept: true` episodes among `bag_dirs` (targets: `episode_targets`), minus the frames `unperturbed`
-    rejects in episodes with odometry targets; N and the waypoint
-    spacing come from the model config's `action_head`. Frames are held in memory as uint8 (the processor resizes
-    them at batch time)."""
+    rejects in episodes with odometry targets; N and the waypoint spacing come from the model config's
+    `action_head`. Frames are held in memory as uint8 (the processor resizes them at batch time)."""
 
     def __init__(self, bag_dirs: Sequence[str | Path], config: Mapping[str, Any]) -> None:
         head = config["action_head"]
