@@ -65,6 +65,11 @@ class Episode:
     def __len__(self) -> int:
         return len(self.stamps)
 
+    @property
+    def reference_labelled(self) -> bool:
+        """Whether episode.json asks for `reference_targets` (`"targets": "reference"`) instead of odometry ones."""
+        return self.meta.get("targets") == REFERENCE_TARGETS
+
 
 def _stamp(header: Any) -> int:
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
@@ -263,7 +268,7 @@ def episode_targets(episode: Episode, num_waypoints: int, waypoint_dt: float,
     """Training targets of the frames that have the whole future recorded: (frame indices (M,), waypoints
     (M, N, 2), target speeds (M,)): `reference_targets` where episode.json says `"targets": "reference"`, else
     `future_targets` on its odometry."""
-    if episode.meta.get("targets") == REFERENCE_TARGETS:
+    if episode.reference_labelled:
         if episode.references is None:
             raise ValueError(f"{episode.path}: episode.json asks for reference targets but not every frame has a "
                              f"message on {REFERENCE_TOPIC}: re-record it")
@@ -336,7 +341,7 @@ class DrivingDataset(Dataset):
             self.seeds.append(int(episode.meta["seed"]))
             self._targets.append((waypoints.astype(np.float32), speeds.astype(np.float32)))
             # with reference targets the label is the way back to the lane, so perturbed frames are good samples
-            clean = (np.ones(len(frames), dtype=bool) if episode.meta.get("targets") == REFERENCE_TARGETS
+            clean = (np.ones(len(frames), dtype=bool) if episode.reference_labelled
                      else unperturbed(episode.stamps[frames], episode.meta))
             self._index.extend((e, int(f), row) for row, f in enumerate(frames) if clean[row])
 
