@@ -107,13 +107,15 @@ class Route:
         return None, 0.0
 
     def instruction(self, env) -> str:
-        """The route's next navigation command: a turn whose segment starts within TURN_LOOKAHEAD_M, else lane
-        following. Heading change is measured end to end over each upcoming segment (ROS sign: left positive)."""
+        """The route's navigation command: the turn the car is in (as CARLA's route planner, which keeps LEFT /
+        RIGHT on the junction's own waypoints), else the next turn whose segment starts within TURN_LOOKAHEAD_M,
+        else lane following. A segment is a turn when its heading changes by more than TURN_RAD end to end (ROS
+        sign: left positive)."""
         index, lon = self.locate(env)
         if index is None:
             return "follow the lane"
-        ahead = self.segment_lengths[index] - lon
-        for lane in self.lanes[index + 1:]:
+        ahead = -lon
+        for lane in self.lanes[index:]:
             if ahead > TURN_LOOKAHEAD_M:
                 break
             change = -_wrap(lane.heading_theta_at(lane.length) - lane.heading_theta_at(0.0))

@@ -165,6 +165,29 @@ def test_steering_perturbations_hold_the_expert_off_course(tmp_path: Path) -> No
     assert abs(_project(path, after_2s)[1]) < 0.05, "back on the lane centre 2 s later"
 
 
+@pytest.mark.sim
+def test_turn_commands_last_through_the_junction(tmp_path: Path) -> None:
+    """Seed 0 of the straight-curve-intersection map turns right at the intersection (ticks ~360-445 at 0.1 traffic
+    density): the command announced before it stays in force while the car turns, as the CARLA bridge keeps it
+    until the junction's exit, so a frame inside the junction is not labelled "follow the lane"."""
+    _record(tmp_path, "--seeds", "0", "--maps", "SCX", "--ticks", "480", "--instruction-mix", "stop=0,slow=0")
+    bag = _read(tmp_path / "seed00000_mapSCX")
+    yaw = np.unwrap([2 * np.arctan2(m.pose.pose.orientation.z, m.pose.pose.orientation.w)
+                     for _, _, m in bag[rec.contract.ODOMETRY_TOPIC]])
+    rate = (yaw[10:] - yaw[:-10]) / 1.0  # rad/s over the next second, left positive
+    changes = [(t // TICK_NS, m.data) for t, _, m in bag[rec.contract.INSTRUCTION_TOPIC]]
+
+    def command(tick: int) -> str:
+        return [text for start, text in changes if start <= tick][-1]
+
+    sharp = np.flatnonzero(np.abs(rate) > 0.3)  # the intersection turn, not the gentle curve before it
+    assert sharp.size >= 20, f"no sharp turn recorded: peak yaw rate {np.abs(rate).max():.2f} rad/s"
+    for tick in sharp:
+        side = "left" if rate[tick] > 0 else "right"
+        assert command(int(tick)) == f"turn {side} at the next intersection", (int(tick), changes)
+    assert sharp[-1] + 20 < len(yaw) and command(int(sharp[-1]) + 20) == "follow the lane", changes  # left it
+
+
 def test_kept_episodes() -> None:
     assert rec.kept("timeout", False, "odometry") and rec.kept("arrive_dest", True, "reference")
     assert not rec.kept("crash", True, "reference") and not rec.kept("out_of_road", False, "reference")
