@@ -1,12 +1,21 @@
 """Training augmentation: a mirrored sample is the same road seen left-right swapped (image, lateral targets and the
-instruction's sides), the mirror draw is reproducible and order-independent, and the frame stride covers the data."""
+instruction's sides), the mirror draw is reproducible and order-independent, the frame stride covers the data,
+instruction-balanced weights and visual-token dropout do what they say."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from autoprune_ros.vla.augment import Mirrored, mirror_instruction, mirror_sample, stride_lengths, stride_subset
+from autoprune_ros.vla.augment import (
+    Mirrored,
+    drop_visual_tokens,
+    instruction_weights,
+    mirror_instruction,
+    mirror_sample,
+    stride_lengths,
+    stride_subset,
+)
 
 
 def _sample(i: int = 0) -> tuple:
@@ -70,3 +79,41 @@ def test_frame_stride_partitions_the_data_over_epochs() -> None:
     assert stride_lengths(10, 3, 4) == [4, 3, 3, 4] and stride_lengths(10, 1, 2) == [10, 10]
     with pytest.raises(ValueError, match="frame stride"):
         stride_subset(data, 0, 1)
+
+
+def test_instruction_weights() -> None:
+    texts = ["follow"] * 6 + ["turn"] * 2 + ["stop"]
+    share = {alpha: {t: instruction_weights(texts, alpha)[np.array(texts) == t].sum() for t in set(texts)}
+             for alpha in (0.0, 0.5, 1.0)}
+    assert share[0.0] == pytest.approx({"follow": 6 / 9, "turn": 2 / 9, "stop": 1 / 9})
+    assert share[1.0] == pytest.approx({"follow": 1 / 3, "turn": 1 / 3, "stop": 1 / 3})
+    root = {"follow": 6 ** 0.5, "turn": 2 ** 0.5, "stop": 1.0}  # count * count ** -0.5
+    assert share[0.5] == pytest.approx({t: v / sum(root.values()) for t, v in root.items()})
+    assert instruction_weights([], 0.5).size == 0
+    with pytest.raises(ValueError, match="balance"):
+        instruction_weights(texts, 1.5)
+
+
+def test_drop_visual_tokens() -> None:
+    image = 7
+    ids = torch.tensor([[1, 2] + [image] * 20 + [3, 4, 5, 0], [1, 2] + [image] * 20 + [3, 4, 5, 6]])
+    mask = torch.ones_like(ids)
+    mask[0, -1] = 0  # padding stays padding
+    visual = ids == image
+
+    def dropped(probability: float, keep_min: float, seed: int = 0) -> torch.Tensor:
+        return drop_visual_tokens(ids, mask, image, probability, keep_min, torch.Generator().manual_seed(seed))
+
+    assert torch.equal(dropped(0.0, 0.1), mask) and torch.equal(dropped(1.0, 1.0), mask)
+    before = mask.clone()
+    out = dropped(1.0, 0.5)
+    assert torch.equal(out[~visual], mask[~visual]) and torch.equal(mask, before)  # text kept, input untouched
+    kept = out[visual].view(2, 20).sum(dim=1)
+    assert ((kept >= 10) & (kept <= 20)).all() and (kept < 20).any()
+    assert torch.equal(out, dropped(1.0, 0.5)) and not torch.equal(out, dropped(1.0, 0.5, seed=1))
+    assert (dropped(1.0, 0.01)[visual].view(2, 20).sum(dim=1) >= 1).all()
+    hits = [int((dropped(0.5, 0.1, seed)[visual] == 0).any()) for seed in range(40)]
+    assert 5 < sum(hits) < 40  # about half the batches have a sample hit
+    for probability, keep_min in ((1.5, 0.5), (0.5, 0.0)):
+        with pytest.raises(ValueError):
+            dropped(probability, keep_min)

@@ -397,3 +397,43 @@ def test_batched_encoding_matches_the_policy(small_config: Path) -> None:
         single = torch.stack([policy._encode([im], t, s)[0] for im, t, s in zip(images, texts, speeds, strict=True)])
     assert batched.shape == single.shape
     torch.testing.assert_close(batched, single, atol=1e-4, rtol=1e-4)
+
+
+def test_token_dropout_reaches_the_decoder(small_config: Path) -> None:
+    import torch
+
+    from autoprune_ros.vla.builder import build_tiny_vla
+    from autoprune_ros.vla.train import TokenDropout, encode_batch
+
+    policy = build_tiny_vla(small_config, seed=3)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(2)]
+    args = (policy, images, ["go", "stop"], [3.0, 4.0])
+    with torch.no_grad():
+        plain = encode_batch(*args)
+        same = encode_batch(*args, TokenDropout(1.0, 1.0, torch.Generator().manual_seed(0)))
+        dropped = encode_batch(*args, TokenDropout(1.0, 0.1, torch.Generator().manual_seed(0)))
+    torch.testing.assert_close(same, plain)
+    assert ((dropped - plain).abs().amax(dim=1) > 1e-4).all()
+
+
+def test_instruction_balance_and_visual_dropout(tmp_path: Path, episodes: dict[str, Path],
+                                                small_config: Path) -> None:
+    from autoprune_ros.vla.train import main
+
+    args = ["--data", str(episodes["straight"].parent), "--config", str(small_config), "--epochs", "2", "--seed", "0",
+            "--batch-size", "4", "--val-fraction", "0.34", "--no-progress", "--threads", "2",
+            "--instruction-balance", "0.5", "--visual-dropout", "0.5", "--visual-keep-min", "0.2"]
+    assert main([*args, "--output", str(tmp_path / "a")]) == 0
+    report = json.loads((tmp_path / "a" / "training.json").read_text(encoding="utf-8"))
+    assert all(math.isfinite(e["train_loss"]) and math.isfinite(e["val_loss"]) for e in report["epochs"])
+    assert [e["samples"] for e in report["epochs"]] == [report["train_samples"]] * 2
+    hyper = report["hyperparameters"]
+    assert (hyper["instruction_balance"], hyper["visual_dropout"], hyper["visual_keep_min"]) == (0.5, 0.5, 0.2)
+    assert sum(report["train_instructions"].values()) == report["train_samples"]
+    assert main([*args, "--output", str(tmp_path / "b")]) == 0  # reproducible with the sampler and the dropout
+    again = json.loads((tmp_path / "b" / "training.json").read_text(encoding="utf-8"))
+    assert [e["train_loss"] for e in again["epochs"]] == [e["train_loss"] for e in report["epochs"]]
+    for flag, value in (("--instruction-balance", "2"), ("--visual-dropout", "-0.1"), ("--visual-keep-min", "0")):
+        with pytest.raises(SystemExit):
+            main([*args, flag, value, "--output", str(tmp_path / "c")])

@@ -1,4 +1,5 @@
-"""Training-time augmentation of driving samples: horizontal mirroring, and a per-epoch frame stride.
+"""Training-time augmentation of driving samples: horizontal mirroring, a per-epoch frame stride, instruction-
+balanced sampling weights and visual-token dropout.
 
 A mirrored camera frame shows the same road with left and right exchanged, so its targets are the expert's
 waypoints with the lateral coordinate negated, and its instruction has "left" and "right" exchanged ("turn left at
@@ -9,8 +10,11 @@ enough for the vision tower to learn the road at all (docs/training.md).
 from __future__ import annotations
 
 import re
+from collections import Counter
+from collections.abc import Sequence
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset, Subset
 
 from .dataset import Sample
@@ -87,3 +91,42 @@ def stride_subset(dataset: Dataset, stride: int, epoch: int) -> Dataset:
 def stride_lengths(length: int, stride: int, epochs: int) -> list[int]:
     """Number of samples each of `epochs` epochs trains on with `stride_subset` over `length` samples."""
     return [len(_stride_indices(length, stride, e)) for e in range(1, epochs + 1)]
+
+
+def instruction_weights(instructions: Sequence[str], alpha: float) -> np.ndarray:
+    """Sampling weight per sample, proportional to count(its instruction) ** -alpha and summing to 1: alpha 0 is
+    uniform, 1 draws every instruction equally often, in between (0.5: square root) lifts the rare ones (turns,
+    "stop") without repeating their few frames as often as full balance would."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"instruction balance must be in [0, 1], got {alpha}")
+    if not instructions:
+        return np.zeros(0)
+    counts = Counter(instructions)
+    weights = np.array([counts[text] ** -alpha for text in instructions], dtype=np.float64)
+    return weights / weights.sum()
+
+
+def drop_visual_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, image_token_id: int,
+                       probability: float, keep_min: float, generator: torch.Generator) -> torch.Tensor:
+    """`attention_mask` (B, L) with, in a random `probability` share of the samples, all but a random subset of
+    the visual tokens masked out: each such sample keeps a fraction drawn uniformly from [keep_min, 1] of its
+    visual tokens (at least one), chosen uniformly. Text tokens are never touched and positions are unchanged,
+    so a model trained this way sees what a pruned prefill that keeps the original positions leaves it."""
+    if not 0.0 <= probability <= 1.0:
+        raise ValueError(f"visual dropout probability must be in [0, 1], got {probability}")
+    if not 0.0 < keep_min <= 1.0:
+        raise ValueError(f"visual keep minimum must be in (0, 1], got {keep_min}")
+    mask = attention_mask.clone()
+    if probability == 0.0:
+        return mask
+    for row in range(input_ids.shape[0]):
+        draw = torch.rand(2, generator=generator)
+        if draw[0] >= probability:
+            continue
+        visual = (input_ids[row] == image_token_id).nonzero().flatten()
+        if visual.numel() == 0:
+            continue
+        keep = max(1, round(float(keep_min + (1.0 - keep_min) * draw[1]) * visual.numel()))
+        order = torch.randperm(visual.numel(), generator=generator)
+        mask[row, visual[order[keep:]].to(mask.device)] = 0
+    return mask

@@ -348,6 +348,11 @@ class DrivingDataset(Dataset):
     def __len__(self) -> int:
         return len(self._index)
 
+    @property
+    def instructions(self) -> list[str]:
+        """The instruction of every sample, in sample order (without touching the images)."""
+        return [self.episodes[e].instructions[frame] for e, frame, _ in self._index]
+
     def __getitem__(self, i: int) -> Sample:
         e, frame, row = self._index[i]
         episode = self.episodes[e]

@@ -11,6 +11,7 @@ import json
 import math
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,12 +26,25 @@ if TYPE_CHECKING:  # torch and transformers are imported in main(), so that --he
 TRAINING_FILE = "training.json"
 
 
+@dataclass
+class TokenDropout:
+    """Visual-token dropout in training (`augment.drop_visual_tokens`): the share of samples it hits, the least
+    fraction of visual tokens such a sample keeps, and the generator that draws both."""
+
+    probability: float
+    keep_min: float
+    generator: Any
+
+
 def encode_batch(policy: VLAPolicy, images: Sequence[np.ndarray], instructions: Sequence[str],
-                 speeds: Sequence[float]) -> torch.Tensor:
+                 speeds: Sequence[float], dropout: TokenDropout | None = None) -> torch.Tensor:
     """Batched `policy._encode` (one camera view per sample, no pruning): the final-norm decoder hidden state of
     each sample's last non-pad prompt token, shape (B, hidden). Prompts are padded by the processor; the index of
-    the last attended position is taken from the attention mask, so left or right padding both work."""
+    the last attended position is taken from the attention mask, so left or right padding both work. With
+    `dropout`, some samples see only part of their visual tokens."""
     import torch
+
+    from .augment import drop_visual_tokens
 
     prompts = [policy.build_prompt(1, policy.clean_instruction(text), float(speed))
                for text, speed in zip(instructions, speeds, strict=True)]
@@ -38,6 +52,9 @@ def encode_batch(policy: VLAPolicy, images: Sequence[np.ndarray], instructions: 
                               input_data_format="channels_last")
     inputs = inputs.to(policy.device)
     mask = inputs["attention_mask"]
+    if dropout is not None:
+        mask = drop_visual_tokens(inputs["input_ids"], mask, policy.model.config.image_token_id, dropout.probability,
+                                  dropout.keep_min, dropout.generator)
     outputs = policy.model.model(input_ids=inputs["input_ids"], attention_mask=mask,
                                  pixel_values=inputs["pixel_values"].to(policy.dtype), use_cache=False)
     positions = torch.arange(mask.shape[1], device=mask.device)
@@ -48,13 +65,15 @@ def encode_batch(policy: VLAPolicy, images: Sequence[np.ndarray], instructions: 
 @dataclass
 class Objective:
     """What the loss weighs: the target-speed term, the lateral (y) waypoint error against the longitudinal one,
-    and the training-only vision probe (`vision_probe.py`; `probe` and `tap` are None when `aux_weight` is 0)."""
+    and the training-only vision probe (`vision_probe.py`; `probe` and `tap` are None when `aux_weight` is 0);
+    and what the policy sees: `dropout` of visual tokens, or None."""
 
     speed_weight: float = 1.0
     lateral_weight: float = 1.0
     aux_weight: float = 0.0
     probe: Any = None
     tap: Any = None
+    dropout: TokenDropout | None = None
 
 
 def action_loss(pred_waypoints: torch.Tensor, pred_speed: torch.Tensor, waypoints: torch.Tensor,
@@ -69,7 +88,7 @@ def action_loss(pred_waypoints: torch.Tensor, pred_speed: torch.Tensor, waypoint
 def batch_loss(policy: VLAPolicy, batch: tuple, objective: Objective) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(the policy's action loss, the vision probe's loss on the same targets or None without a probe)."""
     images, instructions, speeds, waypoints, target_speeds = batch
-    hidden = encode_batch(policy, images, instructions, speeds)
+    hidden = encode_batch(policy, images, instructions, speeds, objective.dropout)
     pred_waypoints, pred_speed = policy.head(hidden.float())
     main = action_loss(pred_waypoints, pred_speed, waypoints, target_speeds, objective)
     if objective.probe is None:
@@ -102,6 +121,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--mirror-prob", type=float, default=0.0,
                         help="chance that a training sample is mirrored left-right (image, lateral targets and "
                              "left/right in the instruction); default 0: off (docs/training.md)")
+    parser.add_argument("--instruction-balance", type=float, default=0.0,
+                        help="draw training samples with probability proportional to count(instruction) ** -B: 0 "
+                             "(default) uniform, 1 every instruction equally often, 0.5 the square root between")
+    parser.add_argument("--visual-dropout", type=float, default=0.0,
+                        help="share of training samples that see only a random part of their visual tokens, so "
+                             "that the model keeps driving when they are pruned (default 0: off)")
+    parser.add_argument("--visual-keep-min", type=float, default=0.1,
+                        help="least fraction of visual tokens a --visual-dropout sample keeps (uniform up to 1)")
     parser.add_argument("--frame-stride", type=int, default=1,
                         help="train each epoch on every N-th frame, the offset moving on by one each epoch")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="fraction of episode seeds held out")
@@ -120,8 +147,11 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
         value = getattr(args, name)
         if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
             parser.error(f"--{name.replace('_', '-')} must be a finite number >= 0 (lr > 0), got {value}")
-    if not 0.0 <= args.mirror_prob <= 1.0:
-        parser.error(f"--mirror-prob must be in [0, 1], got {args.mirror_prob}")
+    for name in ("mirror_prob", "instruction_balance", "visual_dropout"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            parser.error(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
+    if not 0.0 < args.visual_keep_min <= 1.0:
+        parser.error(f"--visual-keep-min must be in (0, 1], got {args.visual_keep_min}")
     if not 0.0 <= args.val_fraction < 1.0:
         parser.error(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     if args.output.exists() and (not args.output.is_dir() or any(args.output.iterdir())) and not args.force:
@@ -129,10 +159,10 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
 
 
 def _evaluate(policy: VLAPolicy, loader: Any, objective: Objective) -> float | None:
-    """The policy's mean action loss over `loader` (the probe is not run)."""
+    """The policy's mean action loss over `loader`, unpruned (the probe and the token dropout are not run)."""
     import torch
 
-    objective = replace(objective, probe=None, tap=None)
+    objective = replace(objective, probe=None, tap=None, dropout=None)
     total, count = 0.0, 0
     with torch.no_grad():
         for batch in loader:
@@ -170,12 +200,12 @@ def _portable(path: Path) -> str:
 
 def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     import torch
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, Subset, WeightedRandomSampler
     from tqdm import tqdm
 
     from autoprune_ros.paths import config_path
 
-    from .augment import Mirrored, stride_lengths, stride_subset
+    from .augment import Mirrored, instruction_weights, stride_lengths, stride_subset
     from .builder import build_tiny_vla, load_model_config, save_vla
     from .dataset import DrivingDataset, collate, find_episodes, kept_episodes, split_by_seed
     from .vision_probe import ProjectorTap, VisionProbe
@@ -204,6 +234,9 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     if args.freeze_vision:
         policy.model.model.vision_tower.requires_grad_(False)
     objective = Objective(args.speed_weight, args.lateral_weight, args.aux_vision_weight)
+    if args.visual_dropout > 0:
+        objective.dropout = TokenDropout(args.visual_dropout, args.visual_keep_min,
+                                         torch.Generator().manual_seed(args.seed + 1))
     if args.aux_vision_weight > 0:
         torch.manual_seed(args.seed)
         objective.probe = VisionProbe(policy.visual_tokens_per_image, policy.model.config.text_config.hidden_size,
@@ -217,13 +250,15 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     generator = torch.Generator().manual_seed(args.seed)
     augmented = Mirrored(train_set, args.mirror_prob, args.seed)
+    sample_instructions = train_set.instructions
     val_loader = DataLoader(val_set, batch_size=args.batch_size, shuffle=False, collate_fn=collate, num_workers=0)
     epoch_samples = stride_lengths(len(train_set), args.frame_stride, args.epochs)
     steps = [math.ceil(n / args.batch_size) for n in epoch_samples]
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=sum(steps))
     log(f"parameters: {n_params:,} ({n_trained:,} trained); {args.epochs} epochs x {steps[0]} steps of "
-        f"batch {args.batch_size} (frame stride {args.frame_stride}, mirror probability {args.mirror_prob}), "
-        f"{args.threads} threads")
+        f"batch {args.batch_size} (frame stride {args.frame_stride}, mirror probability {args.mirror_prob}, "
+        f"instruction balance {args.instruction_balance}, visual dropout {args.visual_dropout} keeping >= "
+        f"{args.visual_keep_min}), {args.threads} threads")
 
     history: list[dict[str, Any]] = []
     seconds_per_sample: float | None = None
@@ -233,8 +268,13 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         epoch_start = time.perf_counter()
         total, count = 0.0, 0
         augmented.set_epoch(epoch)
-        train_loader = DataLoader(stride_subset(augmented, args.frame_stride, epoch), batch_size=args.batch_size,
-                                  shuffle=True, generator=generator, collate_fn=collate, num_workers=0)
+        subset = stride_subset(augmented, args.frame_stride, epoch)
+        sampling: dict[str, Any] = {"shuffle": True, "generator": generator}
+        if args.instruction_balance > 0:
+            indices = subset.indices if isinstance(subset, Subset) else range(len(subset))
+            weights = instruction_weights([sample_instructions[i] for i in indices], args.instruction_balance)
+            sampling = {"sampler": WeightedRandomSampler(weights.tolist(), len(weights), generator=generator)}
+        train_loader = DataLoader(subset, batch_size=args.batch_size, collate_fn=collate, num_workers=0, **sampling)
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{args.epochs}", unit="batch", disable=args.no_progress,
                    file=sys.stderr)
         for step, batch in enumerate(bar):
@@ -281,13 +321,15 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         "seed": args.seed,
         "hyperparameters": {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay",
                                                           "speed_weight", "lateral_weight", "aux_vision_weight",
-                                                          "mirror_prob", "frame_stride", "val_fraction",
+                                                          "mirror_prob", "instruction_balance", "visual_dropout",
+                                                          "visual_keep_min", "frame_stride", "val_fraction",
                                                           "freeze_vision", "threads")},
         "data": _portable(args.data),
         "config_file": _portable(args.config),
         "train_seeds": sorted(set(train_set.seeds)),
         "val_seeds": sorted(set(val_set.seeds)),
         "train_samples": len(train_set),
+        "train_instructions": dict(sorted(Counter(sample_instructions).items())),
         "val_samples": len(val_set),
         "parameters": n_params,
         "trained_parameters": n_trained,
