@@ -194,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ticks", type=int, default=600, help="tick limit per route (0.1 s each)")
     parser.add_argument("--traffic-density", type=float, default=0.1)
     parser.add_argument("--latency-budget-ms", type=float, default=100.0, help="the node's latency budget")
-    parser.add_argument("--model", default="tiny",
-                        help="the node's model: 'tiny' (untrained, built from config) or a folder from autoprune-train")
+    parser.add_argument("--model", default="tiny_drive",
+                        help="the node's model: a bundled one (default tiny_drive, models/README.md), 'tiny' "
+                             "(untrained, built from config) or a folder from autoprune-train")
     parser.add_argument("--instruction-schedule", default="",
                         help="override the route's commands over tick ranges for every run, e.g. stop:100-160 "
                         "(the instruction check); the expert ignores it")
