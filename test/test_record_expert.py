@@ -171,21 +171,18 @@ def test_turn_commands_last_through_the_junction(tmp_path: Path) -> None:
     density): the command announced before it stays in force while the car turns, as the CARLA bridge keeps it
     until the junction's exit, so a frame inside the junction is not labelled "follow the lane"."""
     _record(tmp_path, "--seeds", "0", "--maps", "SCX", "--ticks", "480", "--instruction-mix", "stop=0,slow=0")
-    bag = _read(tmp_path / "seed00000_mapSCX")
-    yaw = np.unwrap([2 * np.arctan2(m.pose.pose.orientation.z, m.pose.pose.orientation.w)
-                     for _, _, m in bag[rec.contract.ODOMETRY_TOPIC]])
-    rate = (yaw[10:] - yaw[:-10]) / 1.0  # rad/s over the next second, left positive
-    changes = [(t // TICK_NS, m.data) for t, _, m in bag[rec.contract.INSTRUCTION_TOPIC]]
+    from autoprune_ros.vla.dataset import read_episode
 
-    def command(tick: int) -> str:
-        return [text for start, text in changes if start <= tick][-1]
-
+    episode = read_episode(tmp_path / "seed00000_mapSCX")
+    yaw = np.unwrap(episode.poses[:, 2])
+    rate = yaw[10:] - yaw[:-10]  # rad/s over the next second (10 ticks), left positive
     sharp = np.flatnonzero(np.abs(rate) > 0.3)  # the intersection turn, not the gentle curve before it
     assert sharp.size >= 20, f"no sharp turn recorded: peak yaw rate {np.abs(rate).max():.2f} rad/s"
     for tick in sharp:
         side = "left" if rate[tick] > 0 else "right"
-        assert command(int(tick)) == f"turn {side} at the next intersection", (int(tick), changes)
-    assert sharp[-1] + 20 < len(yaw) and command(int(sharp[-1]) + 20) == "follow the lane", changes  # left it
+        assert episode.instructions[tick] == f"turn {side} at the next intersection", (int(tick), side)
+    after = int(sharp[-1]) + 20
+    assert after < len(yaw) and episode.instructions[after] == "follow the lane"  # out of the junction
 
 
 def test_kept_episodes() -> None:

@@ -110,8 +110,9 @@ def drop_visual_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, im
                        probability: float, keep_min: float, generator: torch.Generator) -> torch.Tensor:
     """`attention_mask` (B, L) with, in a random `probability` share of the samples, all but a random subset of
     the visual tokens masked out: each such sample keeps a fraction drawn uniformly from [keep_min, 1] of its
-    visual tokens (at least one), chosen uniformly. Text tokens are never touched and positions are unchanged,
-    so a model trained this way sees what a pruned prefill that keeps the original positions leaves it."""
+    visual tokens (at least one), chosen uniformly. Text tokens are never touched and positions are unchanged, as
+    in a pruned prefill that keeps the original positions (which, unlike this, keeps every token in its first
+    layers)."""
     if not 0.0 <= probability <= 1.0:
         raise ValueError(f"visual dropout probability must be in [0, 1], got {probability}")
     if not 0.0 < keep_min <= 1.0:
