@@ -20,6 +20,7 @@ from pathlib import Path
 from autoprune_ros.runtime.configs import POLICIES, node_params
 from autoprune_sim.instructions import parse_schedule
 from autoprune_sim.metrics import RouteResult, summarize
+from autoprune_sim.takeover import Takeover
 
 REPO = Path(__file__).resolve().parent.parent
 EXPERT = "expert"
@@ -71,6 +72,8 @@ def run_one(config: str, seed: int, args: argparse.Namespace, workdir: Path) -> 
                   "--instruction-schedule", args.instruction_schedule]
     if config == EXPERT:
         bridge_cmd.append("--expert")
+    elif args.record is not None:
+        bridge_cmd += ["--record", str(args.record / config.replace(":", "-")), "--takeover-m", str(args.takeover_m)]
     with (open(workdir / f"{out.stem}.log", "w") as log,
           tqdm(total=args.ticks, desc=f"{config} seed {seed}", unit="tick", leave=False, position=1) as bar):
         node = None if config == EXPERT else start_module(
@@ -200,6 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instruction-schedule", default="",
                         help="override the route's commands over tick ranges for every run, e.g. stop:100-160 "
                         "(the instruction check); the expert ignores it")
+    parser.add_argument("--record", type=Path, default=None, metavar="DIR",
+                        help="expert-supervised runs, recorded as training episodes under DIR/<config>/ (DAgger-style "
+                             "data, docs/data.md): the node steers, the IDM expert keeps the speed and takes over "
+                             "while the car strays; their scores measure the pair, not the model")
+    parser.add_argument("--takeover-m", type=float, default=0.7,
+                        help="with --record: the expert takes the wheel when the car is, or in 1 s at its speed and "
+                             "turn rate will be, this far (m) from the expert's lane (default 0.7)")
     parser.add_argument("--control-timeout", type=float, default=5.0, help="seconds the bridge waits per control")
     parser.add_argument("--run-timeout", type=float, default=1800.0, help="seconds before a run is abandoned")
     parser.add_argument("--sim-python", type=Path, default=None, help="the simulator environment's python")
@@ -215,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             node_params(config, args.latency_budget_ms)
         _sim_python(args.sim_python)
         parse_schedule(args.instruction_schedule)
+        Takeover(args.takeover_m)
     except (ValueError, FileNotFoundError) as exc:
         print(f"autoprune-closed-loop: {exc}", file=sys.stderr)
         return 2

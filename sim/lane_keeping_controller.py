@@ -3,6 +3,9 @@ stamped with that frame, steering on the bridge's lane-state pseudo-sensor (PD o
 error) and holding a target speed. It stands in for the VLA node where a test needs a driver that really drives.
 
     python -m autoprune_sim.lane_keeping_controller --ros-args -p target_speed:=8.0 -p delay_ms:=0.0
+
+`steer_bias` (MetaDrive steering units, left positive) is added to every command: a driver that strays, for the
+tests of the bridge's expert takeovers.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ class LaneKeepingController(Node):
         super().__init__("lane_keeping_controller")
         self.target_speed = self.declare_parameter("target_speed", 8.0).value
         self.delay_s = self.declare_parameter("delay_ms", 0.0).value / 1e3  # simulated compute time per frame
+        self.steer_bias = self.declare_parameter("steer_bias", 0.0).value
         self.lane = (0.0, 0.0, 0.0)
         self.pub = self.create_publisher(CarlaEgoVehicleControl, contract.CONTROL_TOPIC, 10)
         self.create_subscription(Float32MultiArray, LANE_STATE_TOPIC, self._on_lane, 10)
@@ -35,7 +39,7 @@ class LaneKeepingController(Node):
 
     def _on_image(self, msg: Image) -> None:
         offset, heading_error, speed = self.lane
-        steer_left = -(0.5 * offset + 1.2 * heading_error)
+        steer_left = -(0.5 * offset + 1.2 * heading_error) + self.steer_bias
         accel = 0.3 * (self.target_speed - speed)
         if self.delay_s:
             time.sleep(self.delay_s)

@@ -11,6 +11,9 @@ Modes (every result says which):
 - latency: the control computed from tick t takes effect at tick t + ceil(latency / 0.1 s), the previous control
   holding until then, latency being the node's measured pipeline time for that frame (its /autoprune/frame_stats,
   else the wall time between publishing the frame and receiving the control), so a slow model drives worse.
+
+With --record DIR the run is expert-supervised and recorded as a training episode (supervised_recording.py): the
+node steers, MetaDrive's IDM expert keeps the speed and takes the wheel while the car strays from its lane.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ from std_msgs.msg import Float32MultiArray, String
 from autoprune_ros.ros.frame_stats import kept_tokens, mean_kept, stamp_ns
 from autoprune_sim import ros_contract as contract
 from autoprune_sim.control_delay import ControlDelay
+from autoprune_sim.expert_policy import instructed_idm_policy
 from autoprune_sim.instructions import override_at, parse_schedule
 from autoprune_sim.metadrive_env import STEP_S, Route, ego_state, frame_rgb, make_env
 from autoprune_sim.metrics import (
@@ -48,6 +52,7 @@ from autoprune_sim.metrics import (
     ProgressTracker,
     RouteResult,
 )
+from autoprune_sim.takeover import Takeover
 
 LANE_STATE_TOPIC = "/metadrive/hero/lane_state"  # [lateral offset m (left +), heading error rad (left +), speed m/s]
 STUCK_TICKS = 300  # 30 s below 0.1 m/s after having moved: the route is abandoned as blocked
@@ -95,8 +100,11 @@ def _md_action(control: tuple[float, float, float]) -> list[float]:
 
 
 def run(args: argparse.Namespace, stop_requested) -> RouteResult:
+    supervised = args.record is not None
     env = make_env(args.seed, args.map, args.width, args.height, args.traffic_density, horizon=args.ticks + 10,
-                   expert=args.expert)
+                   expert=args.expert or supervised)
+    if supervised:
+        env.config["agent_policy"] = instructed_idm_policy()
     node = MetaDriveBridge(args)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
@@ -105,9 +113,16 @@ def run(args: argparse.Namespace, stop_requested) -> RouteResult:
     speeds, positions, latencies, kept, timeouts, resends = [], [], [], [], 0, 0
     status = "Failed - not started"
     schedule = parse_schedule(args.instruction_schedule) if args.instruction_schedule else []
+    recording = None
     try:
         obs = env.reset()
         route = Route(env)
+        if supervised:
+            from autoprune_sim.supervised_recording import SupervisedRecording
+
+            recording = SupervisedRecording(env, args.record, Takeover(args.takeover_m), {
+                "seed": args.seed, "map": args.map, "traffic_density": args.traffic_density, "width": args.width,
+                "height": args.height, "max_ticks": args.ticks})
         progress = ProgressTracker(route.segment_lengths)
         node.status_pub.publish(CarlaStatus(frame=0, fixed_delta_seconds=STEP_S, synchronous_mode=True,
                                             synchronous_mode_running=True))
@@ -130,8 +145,11 @@ def run(args: argparse.Namespace, stop_requested) -> RouteResult:
             node.clock_pub.publish(contract.clock_msg(sim_time))
             node.odom_pub.publish(contract.odometry_msg(state.x, state.y, state.yaw, state.speed, 0.0, 0.0, stamp))
             node.lane_pub.publish(Float32MultiArray(data=[state.lateral_offset, state.heading_error, state.speed]))
+            pixels = frame_rgb(obs)
+            if recording is not None:
+                recording.observe(tick, pixels, state, command)
             published = time.monotonic()
-            image = contract.image_msg(frame_rgb(obs), "rgb8", stamp, contract.CAMERA_FRAME_ID)
+            image = contract.image_msg(pixels, "rgb8", stamp, contract.CAMERA_FRAME_ID)
             node.image_pub.publish(image)
             wait_until = published + (0.0 if args.expert else args.control_timeout)
             resend_at = published + min(RESEND_AFTER_S, args.control_timeout / 2)
@@ -151,7 +169,12 @@ def run(args: argparse.Namespace, stop_requested) -> RouteResult:
                 delay.submit(tick, (steer, throttle, brake), latency_ms / 1e3)
             elif not args.expert:
                 timeouts += 1
-            obs, _, done, info = env.step(_md_action(delay.control_for(tick)))
+            action = _md_action(delay.control_for(tick))
+            if recording is not None:
+                recording.drive(action[0])  # the expert policy drives the step, with this steering unless it took over
+            obs, _, done, info = env.step(action)
+            if recording is not None:
+                recording.stepped(info)
             speeds.append(state.speed)
             positions.append((state.x, state.y))
             index, lon = route.locate(env)
@@ -188,6 +211,11 @@ def run(args: argparse.Namespace, stop_requested) -> RouteResult:
         if status == "Completed" and not infractions:
             status = "Perfect"
         completion = 1.0 if status in ("Completed", "Perfect") else progress.value
+        recorded = {}
+        if recording is not None:
+            episode = recording.finish(_episode_outcome(status), completion, route.length_m)
+            recording = None
+            recorded = {key: episode[key] for key in ("folder", "kept", "takeovers", "expert_steer_share")}
         return RouteResult(route_id=f"metadrive-map{args.map}-seed{args.seed}", seed=args.seed, length_m=route.length_m,
                            completion=completion, infractions=infractions, status=status,
                            duration_s=len(speeds) * STEP_S, ticks=len(speeds), speeds_mps=speeds, positions=positions,
@@ -196,10 +224,19 @@ def run(args: argparse.Namespace, stop_requested) -> RouteResult:
                                  "frame_resends": resends, "control_delay": delay.describe(),
                                  "simulator": "metadrive 0.3.0.1", "map": args.map,
                                  "traffic_density": args.traffic_density,
-                                 "instruction_schedule": args.instruction_schedule})
+                                 "instruction_schedule": args.instruction_schedule, **recorded})
     finally:
+        if recording is not None:  # interrupted by an error: the bag is closed, the episode stays staged
+            recording.abandon()
         node.destroy_node()
         env.close()
+
+
+def _episode_outcome(status: str) -> str:
+    """The recorder's episode outcome for a route status (collisions are caught per tick by the recording)."""
+    if status in ("Completed", "Perfect"):
+        return "arrive_dest"
+    return "out_of_road" if status == "Failed - off road" else "crash" if status == "Failed - collision" else "timeout"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,6 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instruction-schedule", default="",
                         help="override the route's commands over tick ranges, e.g. stop:100-160 (ticks, end "
                         "exclusive); the instruction check of the driving model uses it")
+    parser.add_argument("--record", type=Path, default=None, metavar="DIR",
+                        help="expert-supervised run recorded as a training episode under DIR (docs/data.md): the node "
+                             "steers, the IDM expert keeps the speed and takes over while the car strays")
+    parser.add_argument("--takeover-m", type=float, default=0.7,
+                        help="with --record: the expert takes the wheel when the car is, or in 1 s at its speed and "
+                             "turn rate will be, this far (m) from the expert's lane (default 0.7)")
     parser.add_argument("--progress", action="store_true",
                         help=f"print a '{PROGRESS_PREFIX.strip()}' JSON line every {PROGRESS_EVERY} ticks on stdout")
     parser.add_argument("--output", type=Path, default=None, help="route result JSON (default: stdout)")
@@ -226,8 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     args.map = int(args.map) if args.map.isdigit() else args.map
     try:
         parse_schedule(args.instruction_schedule)
+        Takeover(args.takeover_m)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.record is not None and args.expert:
+        parser.error("--record records the node's driving under the expert's supervision; drop --expert")
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     stop = {"requested": False}
     for sig in (signal.SIGINT, signal.SIGTERM):

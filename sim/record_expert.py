@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing
 import shutil
 import sys
@@ -28,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from autoprune_sim import ros_contract as contract
 from autoprune_sim.instructions import (
     SLOW_DOWN,
     STOP,
@@ -39,7 +37,6 @@ from autoprune_sim.instructions import (
     span_at,
 )
 
-SLOW_FACTOR = 0.5  # "slow down": this fraction of IDM's target speed
 DEFAULT_MIX = {STOP: 0.25, SLOW_DOWN: 0.25}
 # Random schedule shape, in ticks: warm-up before the first possible override, the gap between opportunities and
 # each override's length (a stop from 30 km/h takes about 1.5 s, so every stop segment holds still for >= 1.5 s).
@@ -62,13 +59,6 @@ ODOMETRY_TARGETS, REFERENCE_TARGETS = "odometry", "reference"
 DROPPED_DIR = "_dropped"
 STAGING_DIR = ".partial"  # episodes being recorded (the bag file is named after its folder)
 
-TYPES = {
-    contract.CAMERA_TOPIC: "sensor_msgs/msg/Image",
-    contract.ODOMETRY_TOPIC: "nav_msgs/msg/Odometry",
-    contract.CONTROL_TOPIC: "carla_msgs/msg/CarlaEgoVehicleControl",
-    contract.INSTRUCTION_TOPIC: "std_msgs/msg/String",
-    contract.REFERENCE_PATH_TOPIC: "nav_msgs/msg/Path",
-}
 
 
 # ---- command line values
@@ -169,55 +159,12 @@ def steer_offset_at(perturbations: list[Perturbation], tick: int) -> float | Non
     return None if perturbation is None else perturbation.steer
 
 
-# ---- the expert
-_POLICY_CLASS = None
-
-
-def instructed_idm_policy():
-    """MetaDrive's IDMPolicy with its longitudinal action adjusted by `policy.instruction` and, while
-    `policy.steer_offset` is set, its steering held at its value when the offset was set plus the offset (imported
-    lazily)."""
-    global _POLICY_CLASS
-    if _POLICY_CLASS is not None:
-        return _POLICY_CLASS
-    from metadrive.policy.idm_policy import IDMPolicy
-
-    class InstructedIDMPolicy(IDMPolicy):
-        instruction: str = contract.FOLLOW_LANE
-        steer_offset: float | None = None
-        _held_steering: float | None = None
-
-        def act(self, *args, **kwargs):
-            steering, acc = super().act(*args, **kwargs)
-            if self.steer_offset is None:
-                self._held_steering = None
-            else:
-                if self._held_steering is None:
-                    self._held_steering = min(1.0, max(-1.0, float(steering) + self.steer_offset))
-                steering = self._held_steering
-            return [steering, adjust_longitudinal(self.instruction, float(acc), self.control_object.speed_km_h,
-                                                  self.NORMAL_SPEED, self.DELTA)]
-
-    _POLICY_CLASS = InstructedIDMPolicy
-    return _POLICY_CLASS
-
-
-def adjust_longitudinal(instruction: str, acc: float, speed_kmh: float, normal_kmh: float, delta: float) -> float:
-    """The throttle_brake action in [-1, 1] for an instruction, given IDM's own action `acc`.
-
-    "stop" brakes (harder the faster the car) and keeps braking once stopped; "slow down" takes the lower of IDM's
-    action and the IDM free-road term for SLOW_FACTOR x the target speed, braking at most at -0.6.
-    """
-    acc = min(1.0, max(-1.0, acc))
-    if instruction == STOP:
-        return -min(1.0, 0.25 + 0.01 * max(speed_kmh, 0.0))
-    if instruction == SLOW_DOWN:
-        slow = 1.0 - (max(speed_kmh, 0.0) / (SLOW_FACTOR * normal_kmh)) ** delta
-        return min(acc, max(-0.6, slow))
-    return acc
-
-
 # ---- recording
+def episode_name(seed: int, map_spec: int | str) -> str:
+    """An episode's folder name (also the bridge's supervised recordings)."""
+    return f"seed{seed:05d}_map{map_spec}"
+
+
 @dataclass
 class EpisodeSpec:
     seed: int
@@ -232,16 +179,7 @@ class EpisodeSpec:
 
     @property
     def name(self) -> str:
-        return f"seed{self.seed:05d}_map{self.map}"
-
-
-def control_msg(steer_md: float, throttle_brake: float):
-    """CARLA control (steer positive right) from MetaDrive's (steering positive left, throttle_brake)."""
-    from carla_msgs.msg import CarlaEgoVehicleControl
-
-    return CarlaEgoVehicleControl(steer=float(-steer_md), throttle=float(max(0.0, throttle_brake)),
-                                  brake=float(max(0.0, -throttle_brake)), hand_brake=False, reverse=False,
-                                  gear=1, manual_gear_shift=False)
+        return episode_name(self.seed, self.map)
 
 
 def kept(outcome: str, perturbed: bool, targets: str) -> bool:
@@ -263,22 +201,16 @@ def _outcome(crashed: bool, off_road: bool, arrived: bool) -> str:
 
 def record_episode(spec: EpisodeSpec, folder: Path) -> dict[str, Any]:
     """Drive one episode with the instructed expert and write its bag into `folder` (must not exist)."""
-    from rclpy.serialization import serialize_message
-    from rosbags.rosbag2 import StoragePlugin, Writer
-    from std_msgs.msg import String
-
-    from autoprune_ros.replay.typestore import project_typestore
+    from autoprune_sim.episode_bag import EpisodeBag
+    from autoprune_sim.expert_policy import instructed_idm_policy
     from autoprune_sim.metadrive_env import STEP_S, Route, ego_state, frame_rgb, make_env
     from autoprune_sim.metrics import ProgressTracker
     from autoprune_sim.reference_path import expert_lane, lane_ahead
 
-    store = project_typestore()
-    if TYPES[contract.CONTROL_TOPIC] not in store.types:
-        raise RuntimeError("carla_msgs definitions not found: set AMENT_PREFIX_PATH to the simulator environment")
+    bag = EpisodeBag(folder, STEP_S)
     env = make_env(spec.seed, spec.map, spec.width, spec.height, spec.traffic_density, horizon=spec.ticks + 50,
                    expert=True)
     env.config["agent_policy"] = instructed_idm_policy()
-    segments: list[dict[str, Any]] = []
     crashed = off_road = arrived = False
     started = loop_started = time.perf_counter()
     try:
@@ -287,36 +219,17 @@ def record_episode(spec: EpisodeSpec, folder: Path) -> dict[str, Any]:
         policy = env.engine.agent_manager.get_policy(env.vehicle.id)
         route = Route(env)
         progress = ProgressTracker(route.segment_lengths)
-        with Writer(folder, version=8, storage_plugin=StoragePlugin.MCAP) as writer:
-            conns = {topic: writer.add_connection(topic, msgtype, typestore=store) for topic, msgtype in TYPES.items()}
-            previous_yaw, tick, instruction = None, 0, None
+        with bag:
+            tick = 0
             for tick in range(spec.ticks):
-                state = ego_state(env)
                 progress.update(*route.locate(env))
                 command = override_at(spec.schedule, tick) or route.instruction(env)
                 policy.instruction = command
                 policy.steer_offset = steer_offset_at(spec.perturbations, tick)
-                stamp = contract.tick_stamp(tick, STEP_S)
-                ns = contract.stamp_ns(stamp)
-                if command != instruction:
-                    writer.write(conns[contract.INSTRUCTION_TOPIC], ns, serialize_message(String(data=command)))
-                    segments.append({"instruction": command, "start": tick, "end": tick + 1})
-                    instruction = command
-                segments[-1]["end"] = tick + 1
-                turn = 0.0 if previous_yaw is None else math.remainder(state.yaw - previous_yaw, 2 * math.pi)
-                yaw_rate = turn / STEP_S
-                previous_yaw = state.yaw
-                image = contract.image_msg(frame_rgb(obs), "rgb8", stamp, contract.CAMERA_FRAME_ID)
-                writer.write(conns[contract.CAMERA_TOPIC], ns, serialize_message(image))
-                odom = contract.odometry_msg(state.x, state.y, state.yaw, state.speed, 0.0, yaw_rate, stamp)
-                writer.write(conns[contract.ODOMETRY_TOPIC], ns, serialize_message(odom))
-                reference = contract.path_msg(lane_ahead(env, expert_lane(env, policy)), stamp)
-                writer.write(conns[contract.REFERENCE_PATH_TOPIC], ns, serialize_message(reference))
+                stamp = bag.write_frame(tick, frame_rgb(obs), ego_state(env), lane_ahead(env, expert_lane(env, policy)),
+                                        command)
                 obs, _, done, info = env.step([0.0, 0.0])  # the policy drives; the env action is ignored
-                control = control_msg(env.vehicle.steering, env.vehicle.throttle_brake)
-                control.header.stamp = stamp
-                control.header.frame_id = contract.EGO_FRAME
-                writer.write(conns[contract.CONTROL_TOPIC], ns, serialize_message(control))
+                bag.write_control(stamp, env.vehicle.steering, env.vehicle.throttle_brake)
                 crashed |= any(bool(info.get(key)) for key in CRASH_KEYS)
                 off_road |= bool(info.get("out_of_road"))
                 if info.get("arrive_dest"):
@@ -334,7 +247,7 @@ def record_episode(spec: EpisodeSpec, folder: Path) -> dict[str, Any]:
         "name": spec.name, "seed": spec.seed, "map": spec.map, "traffic_density": spec.traffic_density,
         "width": spec.width, "height": spec.height, "ticks": ticks, "max_ticks": spec.ticks, "dt_s": STEP_S,
         "outcome": outcome, "route_completion": round(progress.value, 4), "route_length_m": round(route.length_m, 2),
-        "kept": kept(outcome, bool(spec.perturbations), spec.targets), "segments": segments,
+        "kept": kept(outcome, bool(spec.perturbations), spec.targets), "segments": bag.segments,
         "targets": spec.targets,
         "schedule": [vars(s) for s in spec.schedule], "perturbations": [vars(p) for p in spec.perturbations],
         "wall_s": round(elapsed, 2),

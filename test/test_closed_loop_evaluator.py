@@ -30,6 +30,8 @@ def test_bad_arguments_exit_2_with_a_reason(capsys, tmp_path) -> None:
     assert "bad configuration 'sparsevlm:64'" in capsys.readouterr().err
     assert main(["--sim-python", str(tmp_path / "nope"), "--output-dir", str(tmp_path)]) == 2
     assert "make setup-sim" in capsys.readouterr().err
+    assert main(["--record", str(tmp_path / "rec"), "--takeover-m", "0", "--output-dir", str(tmp_path)]) == 2
+    assert "takeover thresholds" in capsys.readouterr().err
 
 
 @pytest.mark.sim

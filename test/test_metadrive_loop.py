@@ -8,6 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from autoprune_ros.processes import ros_args, start_module, stop
@@ -17,21 +18,24 @@ SIM_PREFIX = Path(__file__).resolve().parent.parent / ".venv-sim"
 pytestmark = [pytest.mark.sim, pytest.mark.ros]
 
 
-def _closed_loop(tmp_path: Path, mode: str, ticks: int, delay_ms: float = 0.0) -> dict:
+def _closed_loop(tmp_path: Path, mode: str, ticks: int, delay_ms: float = 0.0, steer_bias: float = 0.0,
+                 bridge_args: tuple[str, ...] = ()) -> dict:
     if not (SIM_PREFIX / "bin" / "python").exists():
         if os.environ.get("AUTOPRUNE_REQUIRE_SIM") == "1":
             pytest.fail(".venv-sim is missing although `make test` builds it: run `make setup-sim`")
         pytest.skip(".venv-sim not built (make setup-sim)")
+    tmp_path.mkdir(parents=True, exist_ok=True)
     out = tmp_path / f"{mode}.json"
     env = ros_environment()
     sim_env = dict(env, AMENT_PREFIX_PATH=str(SIM_PREFIX))
     with open(tmp_path / f"bridge-{mode}.log", "w") as log:
         bridge = subprocess.Popen([str(SIM_PREFIX / "bin" / "python"), "-m", "autoprune_sim.metadrive_bridge",
                                    "--seed", "7", "--map", "3", "--traffic-density", "0.0", "--ticks", str(ticks),
-                                   "--mode", mode, "--control-timeout", "3.0", "--output", str(out)],
+                                   "--mode", mode, "--control-timeout", "3.0", "--output", str(out), *bridge_args],
                                   env=sim_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         controller = start_module("autoprune_sim.lane_keeping_controller",
-                                  ros_args({"target_speed": 8.0, "delay_ms": delay_ms}), env=env,
+                                  ros_args({"target_speed": 8.0, "delay_ms": delay_ms, "steer_bias": steer_bias}),
+                                  env=env,
                                   stdout=log, stderr=subprocess.STDOUT)
         try:
             assert bridge.wait(timeout=420) == 0, (tmp_path / f"bridge-{mode}.log").read_text()[-3000:]
@@ -58,3 +62,36 @@ def test_latency_mode_applies_late_controls_late(tmp_path) -> None:
     delay = result["meta"]["control_delay"]
     assert delay["mode"] == "latency" and delay["late_frames"] > 0
     assert min(result["latencies_ms"]) >= 240.0
+
+
+def test_supervised_run_records_the_takeovers_as_a_training_episode(tmp_path) -> None:
+    """A driver that pulls to the left: alone it leaves the road; supervised, the expert keeps taking the wheel
+    back, and the run is a reference-labelled episode whose labels lead back to the lane."""
+    from autoprune_ros.vla.dataset import episode_targets, read_episode
+    from autoprune_sim.takeover import distance_to_path
+
+    alone = _closed_loop(tmp_path / "alone", "sync", ticks=150, steer_bias=0.6)
+    assert alone["status"] == "Failed - off road", alone["status"]
+    record = tmp_path / "episodes"
+    result = _closed_loop(tmp_path / "supervised", "sync", ticks=150, steer_bias=0.6,
+                          bridge_args=("--record", str(record)))
+    assert result["status"] == "Failed - route timeout" and result["ticks"] == 150, "the expert kept it on the road"
+    meta = json.loads((record / "seed00007_map3" / "episode.json").read_text())
+    assert meta["kept"] and meta["targets"] == "reference" and meta["driver"] == "supervised"
+    assert len(meta["takeovers"]) >= 2 and 0.05 < meta["expert_steer_share"] < 0.95, meta["takeovers"]
+    assert result["meta"]["takeovers"] == meta["takeovers"]
+    episode = read_episode(record / "seed00007_map3")
+    assert len(episode) == 150 and episode.references is not None
+    handed_back = meta["takeovers"][0]["end"]
+    assert -episode.controls[handed_back, 0] > 0.3, "handed back on the lane, the biased driver steers left again"
+    index, waypoints, _ = episode_targets(episode, 8, 0.5)
+    assert len(index) > 0 and np.isfinite(waypoints).all()
+    off_lane, label_end_off = [], []
+    for row, i in enumerate(index):
+        (x, y, yaw), path = episode.poses[i], episode.references[i]
+        rotation = np.array([[np.cos(yaw), -np.sin(yaw)], [np.sin(yaw), np.cos(yaw)]])
+        end = np.array([x, y]) + rotation @ waypoints[row, -1]  # the label's last waypoint, in the map frame
+        off_lane.append(distance_to_path(path, np.array([x, y])))
+        label_end_off.append(distance_to_path(path, end))
+    assert max(off_lane) > 0.2, "the data shows the car off its lane"
+    assert max(label_end_off) < 0.05, "and every label leads back onto it"

@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from autoprune_sim import episode_bag, expert_policy
 from autoprune_sim import record_expert as rec
+from autoprune_sim import ros_contract as contract
 
 ROOT = Path(__file__).resolve().parent.parent
 SIM_PREFIX = ROOT / ".venv-sim"
@@ -75,10 +77,10 @@ def test_bags_follow_the_contract(stop_dataset: Path) -> None:
         assert list(folder.glob("*.mcap")) == [folder / f"{folder.name}.mcap"]
 
         topics = _read(folder)
-        assert {t: msgs[0][1] for t, msgs in topics.items()} == rec.TYPES
-        images = topics[rec.contract.CAMERA_TOPIC]
-        odoms = topics[rec.contract.ODOMETRY_TOPIC]
-        controls = topics[rec.contract.CONTROL_TOPIC]
+        assert {t: msgs[0][1] for t, msgs in topics.items()} == episode_bag.TYPES
+        images = topics[contract.CAMERA_TOPIC]
+        odoms = topics[contract.ODOMETRY_TOPIC]
+        controls = topics[contract.CONTROL_TOPIC]
         assert len(images) == len(odoms) == len(controls) == 60
         for msgs in (images, odoms, controls):
             stamps = [t for t, _, _ in msgs]
@@ -91,7 +93,7 @@ def test_bags_follow_the_contract(stop_dataset: Path) -> None:
         first = np.frombuffer(bytes(images[0][2].data), np.uint8).reshape(120, 160, 3)
         roads.append(float(first[80:].mean()))  # the lower third: asphalt just ahead
         assert odoms[0][2].header.frame_id == "map" and odoms[0][2].child_frame_id == "hero"
-        paths = topics[rec.contract.REFERENCE_PATH_TOPIC]
+        paths = topics[contract.REFERENCE_PATH_TOPIC]
         assert [t for t, _, _ in paths] == [t for t, _, _ in odoms] == [_ns(m.header) for _, _, m in paths]
         for (_, _, path), (_, _, odom) in zip(paths, odoms, strict=True):
             points = np.array([(p.pose.position.x, p.pose.position.y) for p in path.poses])
@@ -100,11 +102,11 @@ def test_bags_follow_the_contract(stop_dataset: Path) -> None:
             car = np.array([odom.pose.pose.position.x, odom.pose.pose.position.y])
             assert np.hypot(*(points[0] - car)) < 0.5, "starts beside the car: the clean expert drives on it"
 
-        instructions = [(t, m.data) for t, _, m in topics[rec.contract.INSTRUCTION_TOPIC]]
+        instructions = [(t, m.data) for t, _, m in topics[contract.INSTRUCTION_TOPIC]]
         assert instructions[0][0] == 0 and instructions[0][1] != "stop"
         assert (25 * TICK_NS, "stop") in instructions
         resumed = [data for t, data in instructions if t == 55 * TICK_NS]
-        assert resumed and resumed[0] in rec.contract.INSTRUCTIONS, "the route command returns after the stop"
+        assert resumed and resumed[0] in contract.INSTRUCTIONS, "the route command returns after the stop"
         assert all(a[1] != b[1] for a, b in zip(instructions, instructions[1:], strict=False)), "only changes"
 
         # "stop" changes the driving: the car moves before, brakes throughout and stands still at the end.
@@ -129,7 +131,7 @@ def test_slow_down_and_resume(stop_dataset: Path, tmp_path: Path) -> None:
 
     _record(tmp_path, "--seeds", "3", "--ticks", "90", "--instruction-schedule", "slow:35-90")
     folder = tmp_path / "seed00003_map3"
-    speed = [m.twist.twist.linear.x for _, _, m in _read(folder)[rec.contract.ODOMETRY_TOPIC]]
+    speed = [m.twist.twist.linear.x for _, _, m in _read(folder)[contract.ODOMETRY_TOPIC]]
     assert speed[34] > 6.0, speed
     assert max(speed[60:]) < 0.6 * speed[34] and min(speed[60:]) > 2.0, speed[30:]
 
@@ -144,8 +146,8 @@ def test_steering_perturbations_hold_the_expert_off_course(tmp_path: Path) -> No
     perturbations = [rec.Perturbation(**p) for p in meta["perturbations"]]
     assert perturbations == rec.random_perturbations(4, 0, 80, 0.06) and perturbations
     bag = _read(folder)
-    steer = [m.steer for _, _, m in bag[rec.contract.CONTROL_TOPIC]]
-    y = [m.pose.pose.position.y for _, _, m in bag[rec.contract.ODOMETRY_TOPIC]]
+    steer = [m.steer for _, _, m in bag[contract.CONTROL_TOPIC]]
+    y = [m.pose.pose.position.y for _, _, m in bag[contract.ODOMETRY_TOPIC]]
     first = perturbations[0]
     held = steer[first.start:first.end]
     assert max(held) - min(held) < 1e-6 and abs(held[0]) > 0.01, held  # frozen, and off IDM's ~0 on a straight
@@ -231,12 +233,12 @@ def test_random_schedule_is_seeded_and_mixed() -> None:
 
 
 def test_longitudinal_overrides() -> None:
-    assert rec.adjust_longitudinal("follow the lane", 0.8, 20.0, 30.0, 10.0) == 0.8
-    assert rec.adjust_longitudinal("stop", 1.0, 30.0, 30.0, 10.0) < -0.5
-    assert rec.adjust_longitudinal("stop", 1.0, 100.0, 30.0, 10.0) == -1.0
-    assert rec.adjust_longitudinal("stop", 1.0, 0.0, 30.0, 10.0) < 0, "holds the brake when stopped"
-    assert rec.adjust_longitudinal("slow down", 1.0, 25.0, 30.0, 10.0) == -0.6
-    assert rec.adjust_longitudinal("slow down", 1.0, 5.0, 30.0, 10.0) > 0.9
+    assert expert_policy.adjust_longitudinal("follow the lane", 0.8, 20.0, 30.0, 10.0) == 0.8
+    assert expert_policy.adjust_longitudinal("stop", 1.0, 30.0, 30.0, 10.0) < -0.5
+    assert expert_policy.adjust_longitudinal("stop", 1.0, 100.0, 30.0, 10.0) == -1.0
+    assert expert_policy.adjust_longitudinal("stop", 1.0, 0.0, 30.0, 10.0) < 0, "holds the brake when stopped"
+    assert expert_policy.adjust_longitudinal("slow down", 1.0, 25.0, 30.0, 10.0) == -0.6
+    assert expert_policy.adjust_longitudinal("slow down", 1.0, 5.0, 30.0, 10.0) > 0.9
 
 
 def test_clear_errors(tmp_path: Path, capsys) -> None:

@@ -437,3 +437,29 @@ def test_instruction_balance_and_visual_dropout(tmp_path: Path, episodes: dict[s
     for flag, value in (("--instruction-balance", "2"), ("--visual-dropout", "-0.1"), ("--visual-keep-min", "0")):
         with pytest.raises(SystemExit):
             main([*args, flag, value, "--output", str(tmp_path / "c")])
+
+
+def test_fine_tuning_starts_from_a_model_and_reads_several_folders(tmp_path: Path, episodes: dict[str, Path],
+                                                                   small_config: Path) -> None:
+    from autoprune_ros.vla.train import main
+
+    data = episodes["straight"].parent
+    base = ["--epochs", "1", "--seed", "0", "--batch-size", "4", "--val-fraction", "0.34", "--no-progress",
+            "--threads", "2", "--aux-vision-weight", "0"]
+    assert main(["--data", str(data), "--config", str(small_config), *base, "--output", str(tmp_path / "a")]) == 0
+    assert main(["--data", str(data), "--config", str(small_config), *base, "--seed", "1",
+                 "--output", str(tmp_path / "fresh")]) == 0
+    assert main(["--data", str(episodes["straight"]), str(episodes["turn"]), str(episodes["turn"]), "--init",
+                 str(tmp_path / "a"), *base, "--seed", "1", "--lr", "1e-9", "--output", str(tmp_path / "b")]) == 0
+    report = json.loads((tmp_path / "b" / "training.json").read_text(encoding="utf-8"))
+    first = json.loads((tmp_path / "a" / "training.json").read_text(encoding="utf-8"))
+    assert report["init"] == str(tmp_path / "a") and len(report["data"]) == 3
+    assert sorted(report["train_seeds"] + report["val_seeds"]) == [11, 12], "both folders, each episode once"
+    assert report["train_samples"] + report["val_samples"] < first["train_samples"] + first["val_samples"]
+    wa, wb, fresh = _weights(tmp_path / "a"), _weights(tmp_path / "b"), _weights(tmp_path / "fresh")
+    assert all(np.allclose(wa[k], wb[k], atol=1e-6) for k in wa), "a tiny learning rate keeps the initial weights"
+    assert not all(np.allclose(fresh[k], wb[k], atol=1e-6) for k in wa), "not a seeded initialisation"
+    for extra in (["--init", "tiny"], ["--init", str(tmp_path / "missing")],
+                  ["--init", str(tmp_path / "a"), "--config", str(small_config)]):
+        with pytest.raises(SystemExit):
+            main(["--data", str(data), *base, *extra, "--output", str(tmp_path / "c")])

@@ -104,10 +104,15 @@ def _parser() -> argparse.ArgumentParser:
         prog="autoprune-train",
         description="Train the tiny LLaVA driving VLA on expert episode bags (CPU); writes safetensors weights "
                     "loadable with autoprune_ros.vla.builder.load_vla and a training.json report.")
-    parser.add_argument("--data", required=True, type=Path, help="folder of episode bag folders (with episode.json)")
+    parser.add_argument("--data", required=True, type=Path, nargs="+",
+                        help="folder(s) of episode bag folders (with episode.json), searched recursively")
     parser.add_argument("--output", required=True, type=Path, help="folder for the trained model")
     parser.add_argument("--config", type=Path, default=None,
                         help="model config YAML (default: the package's config/models/tiny_llava.yaml)")
+    parser.add_argument("--init", default=None, metavar="MODEL",
+                        help="start from this model's weights (a bundled name or a folder from autoprune-train) "
+                             "instead of a seeded initialisation: fine-tuning, e.g. on supervised-run data; its "
+                             "own config is used, so --config must not be given")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0, help="weights init, data split and order")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -154,6 +159,20 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
         parser.error(f"--visual-keep-min must be in (0, 1], got {args.visual_keep_min}")
     if not 0.0 <= args.val_fraction < 1.0:
         parser.error(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    if args.init is not None:
+        from autoprune_ros.paths import resolve_model
+
+        from .builder import CONFIG_FILE
+
+        if args.config is not None:
+            parser.error("--init takes the model's own config; drop --config")
+        try:
+            args.init = resolve_model(args.init)
+        except FileNotFoundError as exc:
+            parser.error(f"--init: {exc}")
+        if not (Path(args.init) / CONFIG_FILE).is_file():
+            parser.error(f"--init {args.init}: not a saved model (no {CONFIG_FILE}); 'tiny' has no weights to start "
+                         "from")
     if args.output.exists() and (not args.output.is_dir() or any(args.output.iterdir())) and not args.force:
         parser.error(f"{args.output} exists and is not empty; pass --force to write into it")
 
@@ -206,29 +225,31 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     from autoprune_ros.paths import config_path
 
     from .augment import Mirrored, instruction_weights, stride_lengths, stride_subset
-    from .builder import build_tiny_vla, load_model_config, save_vla
+    from .builder import CONFIG_FILE, build_tiny_vla, load_model_config, load_vla, save_vla
     from .dataset import DrivingDataset, collate, find_episodes, kept_episodes, split_by_seed
     from .vision_probe import ProjectorTap, VisionProbe
 
     torch.manual_seed(args.seed)
+    init = None if args.init is None else Path(args.init)
     if args.config is None:
-        args.config = config_path("models", "tiny_llava.yaml")
+        args.config = init / CONFIG_FILE if init is not None else config_path("models", "tiny_llava.yaml")
     config = load_model_config(args.config)
 
-    all_dirs = find_episodes(args.data)
+    data_names = ", ".join(map(str, args.data))
+    all_dirs = sorted({d.resolve() for root in args.data for d in find_episodes(root)})  # once each
     dirs = kept_episodes(all_dirs)
     if not dirs:
-        raise ValueError(f"{args.data}: no kept episodes among {len(all_dirs)} episode folder(s)")
+        raise ValueError(f"{data_names}: no kept episodes among {len(all_dirs)} episode folder(s)")
     train_dirs, val_dirs = split_by_seed(dirs, args.val_fraction, args.seed)
     train_set = DrivingDataset(train_dirs, config)
     val_set = DrivingDataset(val_dirs, config)
     if len(train_set) == 0:
-        raise ValueError(f"{args.data}: no training frame has the full {config['action_head']['num_waypoints']} x "
+        raise ValueError(f"{data_names}: no training frame has the full {config['action_head']['num_waypoints']} x "
                          f"{config['action_head']['waypoint_dt']} s future recorded")
     log(f"episodes: {len(all_dirs)} found, {len(dirs)} kept; train {len(train_dirs)} episodes / {len(train_set)} "
         f"samples, val {len(val_dirs)} episodes / {len(val_set)} samples")
 
-    policy = build_tiny_vla(config, seed=args.seed)
+    policy = build_tiny_vla(config, seed=args.seed) if init is None else load_vla(init)
     policy.model.train()
     policy.head.train()
     if args.freeze_vision:
@@ -324,7 +345,8 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
                                                           "mirror_prob", "instruction_balance", "visual_dropout",
                                                           "visual_keep_min", "frame_stride", "val_fraction",
                                                           "freeze_vision", "threads")},
-        "data": _portable(args.data),
+        "data": [_portable(d) for d in args.data],
+        "init": None if init is None else _portable(init),
         "config_file": _portable(args.config),
         "train_seeds": sorted(set(train_set.seeds)),
         "val_seeds": sorted(set(val_set.seeds)),
