@@ -31,8 +31,9 @@ def control_msg(steer_md: float, throttle_brake: float):
 
 
 class EpisodeBag:
-    """Writer of one episode's bag into `folder` (must not exist). `segments` lists the instruction spans in
-    ticks ({"instruction", "start", "end"}, end exclusive), as episode.json records them."""
+    """Writer of one episode's bag into `folder` (must not exist); a context manager, or `open()` / `close()`.
+    `segments` lists the instruction spans in ticks ({"instruction", "start", "end"}, end exclusive), as
+    episode.json records them; `yaw_rate` is the last frame's (rad/s, from the previous frame's yaw)."""
 
     def __init__(self, folder: Path, dt_s: float) -> None:
         from autoprune_ros.replay.typestore import project_typestore
@@ -46,8 +47,9 @@ class EpisodeBag:
         self._conns: dict[str, Any] = {}
         self._instruction: str | None = None
         self._previous_yaw: float | None = None
+        self.yaw_rate = 0.0
 
-    def __enter__(self) -> EpisodeBag:
+    def open(self) -> EpisodeBag:
         from rosbags.rosbag2 import StoragePlugin, Writer
 
         self._writer = Writer(self.folder, version=8, storage_plugin=StoragePlugin.MCAP)
@@ -56,8 +58,14 @@ class EpisodeBag:
                        for topic, msgtype in TYPES.items()}
         return self
 
-    def __exit__(self, *exc) -> None:
+    def close(self) -> None:
         self._writer.close()
+
+    def __enter__(self) -> EpisodeBag:
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _write(self, topic: str, ns: int, msg: Any) -> None:
         from rclpy.serialization import serialize_message
@@ -79,10 +87,10 @@ class EpisodeBag:
             self._instruction = instruction
         self.segments[-1]["end"] = tick + 1
         turn = 0.0 if self._previous_yaw is None else math.remainder(state.yaw - self._previous_yaw, 2 * math.pi)
-        self._previous_yaw = state.yaw
+        self._previous_yaw, self.yaw_rate = state.yaw, turn / self.dt_s
         self._write(contract.CAMERA_TOPIC, ns, contract.image_msg(image_rgb, "rgb8", stamp, contract.CAMERA_FRAME_ID))
         self._write(contract.ODOMETRY_TOPIC, ns, contract.odometry_msg(state.x, state.y, state.yaw, state.speed, 0.0,
-                                                                       turn / self.dt_s, stamp))
+                                                                       self.yaw_rate, stamp))
         self._write(contract.REFERENCE_PATH_TOPIC, ns, contract.path_msg(reference, stamp))
         return stamp
 

@@ -8,7 +8,6 @@ so training labels each frame, the model's own mistakes included, with the way b
 """
 from __future__ import annotations
 
-import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -36,10 +35,9 @@ class SupervisedRecording:
         if self.partial.exists():
             shutil.rmtree(self.partial)
         self.partial.parent.mkdir(parents=True, exist_ok=True)
-        self.bag = EpisodeBag(self.partial, STEP_S).__enter__()
+        self.bag = EpisodeBag(self.partial, STEP_S).open()
         self.crashed = False
         self._stamp = None
-        self._yaw: float | None = None
         self._ticks = 0
         self._model_steer: list[tuple[float, float]] = []  # (driver's steer, expert's steer) where the driver steered
 
@@ -47,9 +45,7 @@ class SupervisedRecording:
         """Write tick `tick`'s frame and decide who steers it."""
         path = lane_ahead(self.env, expert_lane(self.env, self.policy))
         self._stamp = self.bag.write_frame(tick, image_rgb, state, path, instruction)
-        yaw_rate = 0.0 if self._yaw is None else math.remainder(state.yaw - self._yaw, 2 * math.pi) / STEP_S
-        self._yaw = state.yaw
-        self.takeover.update(tick, deviation_ahead(path, state.x, state.y, state.yaw, state.speed, yaw_rate))
+        self.takeover.update(tick, deviation_ahead(path, state.x, state.y, state.yaw, state.speed, self.bag.yaw_rate))
         self.policy.instruction = instruction
         self._ticks = tick + 1
 
@@ -68,12 +64,12 @@ class SupervisedRecording:
 
     def abandon(self) -> None:
         """Close the bag of a run that ended in an error; the episode stays staged (the next run replaces it)."""
-        self.bag.__exit__(None, None, None)
+        self.bag.close()
 
     def finish(self, outcome: str, route_completion: float, route_length_m: float) -> dict[str, Any]:
         """Close the bag and move the episode into place (crashed ones under _dropped/, as the recorder does);
         returns its episode.json plus "folder"."""
-        self.bag.__exit__(None, None, None)
+        self.bag.close()
         outcome = "crash" if self.crashed else outcome
         steer = np.asarray(self._model_steer).reshape(-1, 2)
         steer_mae = round(float(np.abs(steer[:, 0] - steer[:, 1]).mean()), 4) if len(steer) else None
