@@ -213,7 +213,7 @@ def run(args: argparse.Namespace, stop_requested) -> RouteResult:
         completion = 1.0 if status in ("Completed", "Perfect") else progress.value
         recorded = {}
         if recording is not None:
-            episode = recording.finish(_episode_outcome(status), completion, route.length_m)
+            episode = recording.finish(completion, route.length_m)
             recording = None
             recorded = {key: episode[key] for key in ("folder", "kept", "takeovers", "expert_steer_share")}
         return RouteResult(route_id=f"metadrive-map{args.map}-seed{args.seed}", seed=args.seed, length_m=route.length_m,
@@ -230,13 +230,6 @@ def run(args: argparse.Namespace, stop_requested) -> RouteResult:
             recording.abandon()
         node.destroy_node()
         env.close()
-
-
-def _episode_outcome(status: str) -> str:
-    """The recorder's episode outcome for a route status (collisions are caught per tick by the recording)."""
-    if status in ("Completed", "Perfect"):
-        return "arrive_dest"
-    return "out_of_road" if status == "Failed - off road" else "crash" if status == "Failed - collision" else "timeout"
 
 
 def main(argv: list[str] | None = None) -> int:

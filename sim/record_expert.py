@@ -60,7 +60,6 @@ DROPPED_DIR = "_dropped"
 STAGING_DIR = ".partial"  # episodes being recorded (the bag file is named after its folder)
 
 
-
 # ---- command line values
 def parse_seeds(text: str) -> list[int]:
     """Seeds from "0-49", "1,2,5" or a mix ("0-9,20"); ValueError for malformed or empty ranges."""
@@ -191,7 +190,8 @@ def kept(outcome: str, perturbed: bool, targets: str) -> bool:
         outcome == "out_of_road" and perturbed and targets == REFERENCE_TARGETS)
 
 
-def _outcome(crashed: bool, off_road: bool, arrived: bool) -> str:
+def episode_outcome(crashed: bool, off_road: bool, arrived: bool) -> str:
+    """episode.json's outcome (also of the bridge's supervised recordings)."""
     if crashed:
         return "crash"
     if off_road:
@@ -242,7 +242,7 @@ def record_episode(spec: EpisodeSpec, folder: Path) -> dict[str, Any]:
         env.close()
     finished = time.perf_counter()
     elapsed, loop = finished - started, finished - loop_started
-    outcome = _outcome(crashed, off_road, arrived)
+    outcome = episode_outcome(crashed, off_road, arrived)
     return {
         "name": spec.name, "seed": spec.seed, "map": spec.map, "traffic_density": spec.traffic_density,
         "width": spec.width, "height": spec.height, "ticks": ticks, "max_ticks": spec.ticks, "dt_s": STEP_S,

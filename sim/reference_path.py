@@ -65,4 +65,3 @@ def expert_lane(env, policy):
     if any(lane is candidate for candidate in on_route):
         return lane
     return getattr(policy, "routing_target_lane", None) or lane
-

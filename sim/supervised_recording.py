@@ -16,7 +16,15 @@ import numpy as np
 
 from autoprune_sim.episode_bag import EpisodeBag
 from autoprune_sim.metadrive_env import STEP_S
-from autoprune_sim.record_expert import CRASH_KEYS, REFERENCE_TARGETS, STAGING_DIR, episode_name, finalize, kept
+from autoprune_sim.record_expert import (
+    CRASH_KEYS,
+    REFERENCE_TARGETS,
+    STAGING_DIR,
+    episode_name,
+    episode_outcome,
+    finalize,
+    kept,
+)
 from autoprune_sim.reference_path import expert_lane, lane_ahead
 from autoprune_sim.takeover import Takeover, deviation_ahead
 
@@ -36,7 +44,7 @@ class SupervisedRecording:
             shutil.rmtree(self.partial)
         self.partial.parent.mkdir(parents=True, exist_ok=True)
         self.bag = EpisodeBag(self.partial, STEP_S).open()
-        self.crashed = False
+        self.crashed = self.off_road = self.arrived = False
         self._stamp = None
         self._ticks = 0
         self._model_steer: list[tuple[float, float]] = []  # (driver's steer, expert's steer) where the driver steered
@@ -61,16 +69,18 @@ class SupervisedRecording:
         if self.policy.steer_override is not None:
             self._model_steer.append((self.policy.steer_override, self.policy.expert_steering))
         self.crashed |= any(bool(info.get(key)) for key in CRASH_KEYS)
+        self.off_road |= bool(info.get("out_of_road"))
+        self.arrived |= bool(info.get("arrive_dest"))
 
     def abandon(self) -> None:
         """Close the bag of a run that ended in an error; the episode stays staged (the next run replaces it)."""
         self.bag.close()
 
-    def finish(self, outcome: str, route_completion: float, route_length_m: float) -> dict[str, Any]:
+    def finish(self, route_completion: float, route_length_m: float) -> dict[str, Any]:
         """Close the bag and move the episode into place (crashed ones under _dropped/, as the recorder does);
         returns its episode.json plus "folder"."""
         self.bag.close()
-        outcome = "crash" if self.crashed else outcome
+        outcome = episode_outcome(self.crashed, self.off_road, self.arrived)
         steer = np.asarray(self._model_steer).reshape(-1, 2)
         steer_mae = round(float(np.abs(steer[:, 0] - steer[:, 1]).mean()), 4) if len(steer) else None
         meta = {
