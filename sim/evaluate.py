@@ -19,7 +19,7 @@ from pathlib import Path
 
 from autoprune_ros.runtime.configs import POLICIES, node_params
 from autoprune_sim.instructions import parse_schedule
-from autoprune_sim.metrics import RouteResult, summarize
+from autoprune_sim.metrics import RouteResult, paired_ratio, route_score, summarize
 from autoprune_sim.takeover import Takeover
 
 REPO = Path(__file__).resolve().parent.parent
@@ -121,19 +121,40 @@ def report(results: dict, output_dir: Path) -> str:
     rows, summaries = [], {}
     for config, routes in by_config.items():
         s = summaries[config] = summarize(routes)
+        if config != "none" and "none" in by_config:
+            s["driving_score_vs_none"] = _vs_reference(routes, by_config["none"])
         collisions = sum(s[f"collisions_{kind}_per_km"] for kind in ("vehicle", "layout", "pedestrian"))
         rows.append([config, _budget_of(config), len(routes), f"{s['driving_score']:.1f}",
+                     _interval(s["driving_score_ci95"]), _ratio(s.get("driving_score_vs_none")),
                      f"{s['route_completion']:.1f}", f"{100 * s['success_rate']:.0f}%", f"{collisions:.2f}",
                      f"{s['off_road_routes']}", f"{s['mean_speed_mps']:.1f}", _fmt(s.get("comfort"), 2),
                      _fmt(s.get("latency_ms_p50")), _fmt(s.get("latency_ms_p99")), _fmt(s.get("mean_kept_tokens"))])
-    table = markdown_table(["configuration", "tokens", "routes", "driving score", "route completion %", "success",
-                            "collisions/km", "off-road routes", "mean speed m/s", "comfort", "latency p50 ms",
-                            "p99 ms", "kept tokens"], rows)
+    table = markdown_table(["configuration", "tokens", "routes", "driving score", "DS 95% CI", "DS / none (95% CI)",
+                            "route completion %", "success", "collisions/km", "off-road routes", "mean speed m/s",
+                            "comfort", "latency p50 ms", "p99 ms", "kept tokens"], rows)
     results["summary"] = summaries
     (output_dir / "results.md").write_text(f"# Closed-loop results\n\n{table}\n\nmode: "
                                            f"{results.get('mode', '?')}\n", encoding="utf-8")
     _plots(by_config, summaries, output_dir)
     return table
+
+
+def _vs_reference(routes: list[RouteResult], reference: list[RouteResult]) -> dict:
+    """Driving score of `routes` over that of `reference` on the seeds both drove (`metrics.paired_ratio`)."""
+    scores = {r.seed: route_score(r) for r in reference}
+    pairs = [(route_score(r), scores[r.seed]) for r in routes if r.seed in scores]
+    return paired_ratio([c for c, _ in pairs], [ref for _, ref in pairs])
+
+
+def _interval(ci) -> str:
+    return "-" if ci is None else f"{ci[0]:.1f}-{ci[1]:.1f}"
+
+
+def _ratio(vs: dict | None) -> str:
+    if vs is None or vs["ratio"] is None:
+        return "-"
+    spread = "" if vs["low"] is None else f" ({100 * vs['low']:.0f}-{100 * vs['high']:.0f}%)"
+    return f"{100 * vs['ratio']:.0f}%{spread}"
 
 
 def _fmt(value, digits: int = 1) -> str:

@@ -248,6 +248,48 @@ def driving_score(results: Sequence[RouteResult], *, include_min_speed: bool = T
     return total / n if n else 0.0
 
 
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def bootstrap_interval(values: Sequence[float], *, confidence: float = 0.95,
+                       resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> tuple[float, float] | None:
+    """Percentile-bootstrap interval of the mean of `values` (routes resampled with replacement), or None for
+    fewer than two values. Seeded, so a report is reproducible. Closed-loop scores of a few routes spread widely
+    (a route ends where the car happens to leave the road), and the interval says how far a mean can be trusted."""
+    data = np.asarray(values, dtype=float)
+    if data.size < 2:
+        return None
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    picks = np.random.default_rng(seed).integers(0, data.size, size=(resamples, data.size))
+    means = data[picks].mean(axis=1)
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100.0 - tail))
+
+
+def paired_ratio(candidate: Sequence[float], reference: Sequence[float], *, confidence: float = 0.95,
+                 resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict[str, float | None]:
+    """mean(candidate) / mean(reference) over the same routes (element i of both is route i), with a paired
+    percentile-bootstrap interval: the routes are resampled together, so the spread between routes, which both
+    share, does not widen it. `ratio` is None when the reference mean is 0; `low` / `high` are None with fewer than
+    two routes or when a resample's reference mean is 0."""
+    cand, ref = np.asarray(candidate, dtype=float), np.asarray(reference, dtype=float)
+    if cand.shape != ref.shape:
+        raise ValueError(f"paired_ratio needs the same routes on both sides, got {cand.size} and {ref.size}")
+    ratio = float(cand.mean() / ref.mean()) if ref.size and ref.mean() > 0 else None
+    out: dict[str, float | None] = {"ratio": ratio, "low": None, "high": None, "routes": int(ref.size)}
+    if ratio is None or ref.size < 2:
+        return out
+    picks = np.random.default_rng(seed).integers(0, ref.size, size=(resamples, ref.size))
+    ref_means = ref[picks].mean(axis=1)
+    if np.any(ref_means <= 0):
+        return out
+    ratios = cand[picks].mean(axis=1) / ref_means
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    out["low"], out["high"] = float(np.percentile(ratios, tail)), float(np.percentile(ratios, 100.0 - tail))
+    return out
+
+
 def _denominator(results: Sequence[RouteResult], num_routes: int | None) -> int:
     if num_routes is None:
         return len(results)
@@ -438,6 +480,9 @@ def summarize(results: Sequence[RouteResult], *, include_min_speed: bool = True,
     return {
         "routes": len(results),
         "driving_score": driving_score(results, include_min_speed=include_min_speed, num_routes=num_routes),
+        "driving_score_ci95": bootstrap_interval(
+            [route_score(r, include_min_speed=include_min_speed) for r in results]
+            + [0.0] * (_denominator(results, num_routes) - len(results))),
         "route_completion": _mean([100.0 * min(max(r.completion, 0.0), 1.0) for r in results]),
         "infraction_penalty": _mean([penalty(r.infractions, include_min_speed=include_min_speed)
                                      for r in results]),

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from autoprune_sim.evaluate import main, node_params
+from autoprune_sim.evaluate import main, node_params, report
+from autoprune_sim.metrics import RouteResult
 
 SIM_PYTHON = Path(__file__).resolve().parent.parent / ".venv-sim" / "bin" / "python"
 
@@ -32,6 +33,29 @@ def test_bad_arguments_exit_2_with_a_reason(capsys, tmp_path) -> None:
     assert "make setup-sim" in capsys.readouterr().err
     assert main(["--record", str(tmp_path / "rec"), "--takeover-m", "0", "--output-dir", str(tmp_path)]) == 2
     assert "takeover thresholds" in capsys.readouterr().err
+
+
+def test_report_pairs_each_configuration_with_the_unpruned_runs(tmp_path) -> None:
+    def run(config: str, seed: int, completion: float) -> dict:
+        result = RouteResult(route_id=f"r{seed}", seed=seed, length_m=100.0, completion=completion, infractions=[],
+                             status="Failed - off road", duration_s=1.0, ticks=10, speeds_mps=[5.0] * 10,
+                             positions=[(0.5 * i, 0.0) for i in range(10)], dt=0.1)
+        return {"config": config, "result": result.to_dict()}
+
+    completions = {1: 0.2, 2: 0.8, 3: 0.5, 4: 0.3}
+    runs = {f"none/seed{s}": run("none", s, c) for s, c in completions.items()}
+    runs |= {f"pdrop:22/seed{s}": run("pdrop:22", s, 0.5 * c) for s, c in completions.items()}
+    runs["pdrop:22/seed9"] = run("pdrop:22", 9, 1.0)  # no unpruned run on this seed: not paired
+    results = {"runs": runs, "mode": "sync"}
+    table = report(results, tmp_path)
+    pruned = results["summary"]["pdrop:22"]
+    assert pruned["driving_score_vs_none"]["routes"] == 4
+    assert pruned["driving_score_vs_none"]["ratio"] == pytest.approx(0.5)  # each paired route kept half
+    assert pruned["driving_score_vs_none"]["low"] == pytest.approx(0.5)
+    assert "driving_score_vs_none" not in results["summary"]["none"]
+    assert "DS / none (95% CI)" in table and "| 50% (50-50%) |" in table
+    lo, hi = results["summary"]["none"]["driving_score_ci95"]
+    assert lo < 45.0 < hi and f"{lo:.1f}-{hi:.1f}" in (tmp_path / "results.md").read_text()
 
 
 @pytest.mark.sim

@@ -267,6 +267,40 @@ def test_summarize() -> None:
     assert empty["driving_score"] == 0.0 and empty["latency_ms_p50"] is None and empty["comfort"] is None
 
 
+def test_bootstrap_interval_brackets_the_mean_and_narrows_with_routes() -> None:
+    rng = np.random.default_rng(1)
+    few, many = rng.uniform(0, 100, 5), rng.uniform(0, 100, 80)
+    lo, hi = m.bootstrap_interval(few)
+    assert lo < few.mean() < hi and 0.0 <= lo and hi <= 100.0
+    lo_many, hi_many = m.bootstrap_interval(many)
+    assert hi_many - lo_many < hi - lo  # more routes, a tighter interval
+    assert m.bootstrap_interval(few) == (lo, hi)  # seeded: the report is reproducible
+    assert m.bootstrap_interval([42.0]) is None and m.bootstrap_interval([7.0, 7.0]) == (7.0, 7.0)
+    with pytest.raises(ValueError, match="confidence"):
+        m.bootstrap_interval(few, confidence=1.0)
+
+
+def test_paired_ratio_is_tight_when_the_routes_move_together() -> None:
+    reference = np.array([10.0, 90.0, 20.0, 60.0, 35.0, 80.0])
+    paired = m.paired_ratio(0.9 * reference, reference)  # every route keeps 90%: no doubt about the ratio
+    assert paired["ratio"] == pytest.approx(0.9) and paired["routes"] == 6
+    assert paired["low"] == pytest.approx(0.9) and paired["high"] == pytest.approx(0.9)
+    shuffled = m.paired_ratio(0.9 * reference[::-1], reference)  # same means, routes no longer paired
+    assert shuffled["ratio"] == pytest.approx(0.9) and shuffled["high"] - shuffled["low"] > 0.2
+    assert m.paired_ratio([5.0, 6.0], [0.0, 0.0])["ratio"] is None
+    assert m.paired_ratio([5.0], [10.0]) == {"ratio": 0.5, "low": None, "high": None, "routes": 1}
+    with pytest.raises(ValueError, match="same routes"):
+        m.paired_ratio([1.0, 2.0], [1.0])
+
+
+def test_summarize_gives_the_driving_score_interval() -> None:
+    routes = [result(str(i), c) for i, c in enumerate((0.1, 0.9, 0.4, 0.6))]
+    s = m.summarize(routes)
+    lo, hi = s["driving_score_ci95"]
+    assert s["driving_score"] == pytest.approx(50.0) and lo < 50.0 < hi
+    assert m.summarize(routes[:1])["driving_score_ci95"] is None
+
+
 # --- route completion from checkpoints --------------------------------------------------------------------------
 
 def test_route_progress() -> None:
