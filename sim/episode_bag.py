@@ -4,13 +4,13 @@ the expert recorder and the bridge's expert-supervised runs, so that both give t
 Runs in the simulator environment (.venv-sim) with AMENT_PREFIX_PATH pointing at it (carla_msgs definitions)."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from autoprune_sim import ros_contract as contract
+from autoprune_sim.metadrive_env import YawRate
 
 TYPES = {
     contract.CAMERA_TOPIC: "sensor_msgs/msg/Image",
@@ -46,8 +46,7 @@ class EpisodeBag:
         self._writer = None
         self._conns: dict[str, Any] = {}
         self._instruction: str | None = None
-        self._previous_yaw: float | None = None
-        self.yaw_rate = 0.0
+        self._yaw_rate = YawRate(dt_s)
 
     def open(self) -> EpisodeBag:
         from rosbags.rosbag2 import StoragePlugin, Writer
@@ -86,13 +85,17 @@ class EpisodeBag:
             self.segments.append({"instruction": instruction, "start": tick, "end": tick + 1})
             self._instruction = instruction
         self.segments[-1]["end"] = tick + 1
-        turn = 0.0 if self._previous_yaw is None else math.remainder(state.yaw - self._previous_yaw, 2 * math.pi)
-        self._previous_yaw, self.yaw_rate = state.yaw, turn / self.dt_s
+        yaw_rate = self._yaw_rate.update(state.yaw)
         self._write(contract.CAMERA_TOPIC, ns, contract.image_msg(image_rgb, "rgb8", stamp, contract.CAMERA_FRAME_ID))
         self._write(contract.ODOMETRY_TOPIC, ns, contract.odometry_msg(state.x, state.y, state.yaw, state.speed, 0.0,
-                                                                       self.yaw_rate, stamp))
+                                                                       yaw_rate, stamp))
         self._write(contract.REFERENCE_PATH_TOPIC, ns, contract.path_msg(reference, stamp))
         return stamp
+
+    @property
+    def yaw_rate(self) -> float:
+        """The yaw rate of the last frame written (rad/s)."""
+        return self._yaw_rate.value
 
     def write_control(self, stamp: Any, steer_md: float, throttle_brake: float) -> None:
         """The control applied at the tick stamped `stamp`, from MetaDrive's steering and throttle_brake."""

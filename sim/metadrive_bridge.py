@@ -41,7 +41,7 @@ from autoprune_sim import ros_contract as contract
 from autoprune_sim.control_delay import ControlDelay
 from autoprune_sim.expert_policy import instructed_idm_policy
 from autoprune_sim.instructions import override_at, parse_schedule
-from autoprune_sim.metadrive_env import STEP_S, Route, ego_state, frame_rgb, make_env
+from autoprune_sim.metadrive_env import STEP_S, Route, YawRate, ego_state, frame_rgb, make_env
 from autoprune_sim.metrics import (
     COLLISION_LAYOUT,
     COLLISION_VEHICLE,
@@ -127,6 +127,7 @@ def run(args: argparse.Namespace, stop_requested) -> RouteResult:
         node.status_pub.publish(CarlaStatus(frame=0, fixed_delta_seconds=STEP_S, synchronous_mode=True,
                                             synchronous_mode_running=True))
         instruction, still, tick, in_contact = None, 0, 0, set()
+        yaw_rate = YawRate(STEP_S)
         deadline = time.monotonic() + (0.0 if args.expert else args.wait_for_node)
         while node.count_subscribers(contract.CAMERA_TOPIC) == 0 and time.monotonic() < deadline:
             executor.spin_once(timeout_sec=0.1)  # the node subscribes its cameras once it is active
@@ -143,7 +144,8 @@ def run(args: argparse.Namespace, stop_requested) -> RouteResult:
                 node.instruction_pub.publish(String(data=command))
                 instruction = command
             node.clock_pub.publish(contract.clock_msg(sim_time))
-            node.odom_pub.publish(contract.odometry_msg(state.x, state.y, state.yaw, state.speed, 0.0, 0.0, stamp))
+            node.odom_pub.publish(contract.odometry_msg(state.x, state.y, state.yaw, state.speed, 0.0,
+                                                        yaw_rate.update(state.yaw), stamp))
             node.lane_pub.publish(Float32MultiArray(data=[state.lateral_offset, state.heading_error, state.speed]))
             pixels = frame_rgb(obs)
             if recording is not None:

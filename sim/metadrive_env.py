@@ -77,6 +77,23 @@ class EgoState:
     heading_error: float  # rad relative to the lane, left (counter-clockwise) positive
 
 
+class YawRate:
+    """The ego yaw rate (rad/s, left positive) as the change of yaw since the previous tick over the tick length,
+    0 at the first tick: what the odometry of the bridge and of recorded episodes carries, so that a model reads
+    the same signal in closed loop as in its training data."""
+
+    def __init__(self, dt_s: float) -> None:
+        self.dt_s = dt_s
+        self.value = 0.0
+        self._previous_yaw: float | None = None
+
+    def update(self, yaw: float) -> float:
+        """The yaw rate at a tick whose yaw is `yaw` (call once per tick, in order)."""
+        turn = 0.0 if self._previous_yaw is None else math.remainder(yaw - self._previous_yaw, 2 * math.pi)
+        self._previous_yaw, self.value = yaw, turn / self.dt_s
+        return self.value
+
+
 def ego_state(env) -> EgoState:
     vehicle = env.vehicle
     lane = vehicle.lane

@@ -80,6 +80,9 @@ def test_round_trip(tmp_path, storage, single_file):
         track = bag.track()
         assert len(track) == 30 and list(track.stamps_ns) == [i * TICK_NS for i in range(30)]
         assert np.all(np.diff(track.poses[:, 2]) >= 0) and track.poses[-1, 2] > 0.1  # turning left
+        yaw_rates = np.array([frame.yaw_rate_rps for frame in frames])  # odometry twist.angular.z, as the node reads
+        np.testing.assert_allclose(yaw_rates[:-1], np.diff(track.poses[:, 2]) / (TICK_NS / 1e9), atol=1e-6)
+        assert yaw_rates[0] > 0.05 and yaw_rates[-1] == 0.0
         assert track.poses[-1, 0] > 5 and track.poses[-1, 1] > 0
         messages = list(bag.messages())
         assert len(messages) == 92

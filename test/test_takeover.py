@@ -1,4 +1,5 @@
-"""The expert-takeover rule of supervised runs: the deviation it watches and its hysteresis."""
+"""The expert-takeover rule of supervised runs: the deviation it watches, the yaw rate it extrapolates (the one the
+bridge and the recorder publish) and its hysteresis."""
 from __future__ import annotations
 
 import math
@@ -44,3 +45,13 @@ def test_takeover_hysteresis() -> None:
     for bad in ({"engage_m": 0.0}, {"engage_m": 0.5, "release_m": 0.6}, {"min_ticks": -1}):
         with pytest.raises(ValueError):
             Takeover(**bad)
+
+
+def test_yaw_rate_is_the_turn_since_the_previous_tick() -> None:
+    from autoprune_sim.metadrive_env import YawRate
+
+    rate = YawRate(0.1)
+    assert rate.update(0.5) == 0.0  # nothing to compare with at the first tick
+    assert rate.update(0.55) == pytest.approx(0.5) and rate.value == pytest.approx(0.5)
+    rate.update(math.pi - 0.01)
+    assert rate.update(-math.pi + 0.01) == pytest.approx(0.2)  # across +-pi: a small left turn, not -62 rad/s

@@ -16,13 +16,14 @@ from autoprune_ros.vla.augment import (
     stride_lengths,
     stride_subset,
 )
+from autoprune_ros.vla.dataset import Sample
 
 
-def _sample(i: int = 0) -> tuple:
+def _sample(i: int = 0) -> Sample:
     rng = np.random.default_rng(i)
     image = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
     waypoints = torch.tensor([[2.0, 0.5], [4.0, 1.5], [6.0, -0.25]])
-    return image, "turn left at the next intersection", 5.0, waypoints, 6.0
+    return Sample(image, "turn left at the next intersection", 5.0, 0.3, waypoints, 6.0)
 
 
 @pytest.mark.parametrize(("text", "mirrored"), [
@@ -38,15 +39,17 @@ def test_mirror_instruction_swaps_sides(text: str, mirrored: str) -> None:
 
 
 def test_mirror_sample() -> None:
-    image, text, speed, waypoints, target = sample = _sample()
-    m_image, m_text, m_speed, m_waypoints, m_target = mirror_sample(sample)
+    image, text, speed, yaw_rate, waypoints, target = sample = _sample()
+    m_image, m_text, m_speed, m_yaw_rate, m_waypoints, m_target = mirror_sample(sample)
     assert m_image.flags["C_CONTIGUOUS"] and np.array_equal(m_image[:, 0], image[:, -1])
     assert np.array_equal(m_image[:, ::-1], image)
     assert torch.equal(m_waypoints[:, 0], waypoints[:, 0]) and torch.equal(m_waypoints[:, 1], -waypoints[:, 1])
     assert m_text == "turn right at the next intersection" and (m_speed, m_target) == (speed, target)
+    assert m_yaw_rate == -yaw_rate  # a left turn seen in a mirror is a right turn
     assert waypoints[0, 1] == 0.5  # the original targets are untouched
     again = mirror_sample(mirror_sample(sample))
-    assert np.array_equal(again[0], image) and torch.equal(again[3], waypoints) and again[1] == text
+    assert np.array_equal(again.image, image) and torch.equal(again.waypoints, waypoints)
+    assert (again.instruction, again.yaw_rate) == (text, yaw_rate)
 
 
 def test_mirrored_dataset_is_reproducible_and_order_independent() -> None:

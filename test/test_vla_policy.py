@@ -145,6 +145,21 @@ def test_instruction_changes_the_output(fresh_policy: VLAPolicy) -> None:
     assert not np.array_equal(a.waypoints, b.waypoints)
 
 
+def test_a_template_with_the_yaw_rate_reads_it(config: dict) -> None:
+    cfg = {**config, "prompt": {**config["prompt"], "template": config["prompt"]["template"].replace(
+        "Speed:", "Yaw rate: {yaw_rate:+.0f} deg/s. Speed:")}}
+    turning, plain = build_tiny_vla(cfg, seed=1), build_tiny_vla(config, seed=1)
+    assert "Yaw rate: -29 deg/s. Speed: 5.0 m/s" in turning.build_prompt(1, "go", 5.0, -0.5)
+    assert plain.build_prompt(1, "go", 5.0, -0.5) == plain.build_prompt(1, "go", 5.0)  # no field: not read
+    frame = [_frame()]
+    straight, left = (turning.act(frame, "go", 5.0, yaw_rate_rps=w).action.waypoints for w in (0.0, 0.6))
+    assert not np.array_equal(straight, left)
+    with pytest.raises(ValueError, match="yaw_rate_rps must be a finite number"):
+        turning.act(frame, "go", 5.0, yaw_rate_rps=math.nan)
+    with pytest.raises(ValueError, match="images, instruction, speed, yaw_rate"):
+        VLAPolicy.check_prompt_template("{images} {instruction} {heading}")
+
+
 def test_same_seed_same_action_different_seed_different_weights(config: dict) -> None:
     rng_before = torch.random.get_rng_state()
     first, again, other = build_tiny_vla(config, seed=7), build_tiny_vla(config, seed=7), build_tiny_vla(config, seed=8)

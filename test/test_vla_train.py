@@ -29,6 +29,8 @@ from autoprune_ros.vla.dataset import (
 FRAMES, DT, SPEED = 30, 0.1, 5.0
 RADIUS = 10.0  # m, the turn's radius (left turn, yaw rate SPEED / RADIUS)
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "models" / "tiny_llava.yaml"
+YAW_RATE_TEMPLATE = ("USER: {images}\nYou are driving a car. Instruction: {instruction}. Yaw rate: {yaw_rate:+.0f} "
+                     "deg/s. Speed: {speed:.1f} m/s. ASSISTANT:")  # the ego yaw rate in the prompt (docs/training.md)
 N_WP, WP_DT = 4, 0.5  # a 2 s horizon so that 30-frame episodes have 10 training frames
 
 
@@ -84,8 +86,8 @@ def write_episode(folder: Path, path_fn: Callable[[float], tuple[float, float, f
                 position=t["geometry_msgs/msg/Point"](x=x, y=y, z=0.0),
                 orientation=t["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=math.sin(yaw / 2), w=math.cos(yaw / 2)))
             vec = t["geometry_msgs/msg/Vector3"]
-            twist = t["geometry_msgs/msg/Twist"](linear=vec(x=4.0 + 0.1 * i, y=0.0, z=0.0), angular=vec(x=0.0, y=0.0,
-                                                                                                       z=0.0))
+            twist = t["geometry_msgs/msg/Twist"](linear=vec(x=4.0 + 0.1 * i, y=0.0, z=0.0),
+                                                 angular=vec(x=0.0, y=0.0, z=0.01 * i))
             put(ODOM_TOPIC, ns, t["nav_msgs/msg/Odometry"](
                 header=header, child_frame_id="hero",
                 pose=t["geometry_msgs/msg/PoseWithCovariance"](pose=pose, covariance=np.zeros(36)),
@@ -131,6 +133,7 @@ def test_read_episode(episodes: dict[str, Path]) -> None:
     np.testing.assert_allclose(ep.stamps, np.arange(FRAMES) * DT, atol=1e-9)
     np.testing.assert_allclose(ep.poses[3], straight(0.3), atol=1e-9)
     np.testing.assert_allclose(ep.speeds, 4.0 + 0.1 * np.arange(FRAMES), atol=1e-6)
+    np.testing.assert_allclose(ep.yaw_rates, 0.01 * np.arange(FRAMES), atol=1e-9)  # odometry twist.angular.z
     assert ep.instructions[:10] == ["follow the lane"] * 10 and ep.instructions[10:20] == ["stop at the light"] * 10
     assert ep.instructions[20] == "follow the lane"
     np.testing.assert_allclose(ep.controls[0], (-0.1, 0.3, 0.0), atol=1e-6)
@@ -163,9 +166,9 @@ def test_kept_flag_and_seed_split(tmp_path: Path, episodes: dict[str, Path], sma
     cfg = yaml.safe_load(small_config.read_text(encoding="utf-8"))
     data = DrivingDataset(dirs, cfg)
     assert len(data) == 30 and sorted(data.seeds) == [11, 12, 13]
-    image, instruction, speed, waypoints, target_speed = data[0]
+    image, instruction, speed, yaw_rate, waypoints, target_speed = data[0]
     assert image.shape == (48, 64, 3) and isinstance(instruction, str) and waypoints.shape == (N_WP, 2)
-    assert isinstance(speed, float) and isinstance(target_speed, float)
+    assert isinstance(speed, float) and isinstance(target_speed, float) and isinstance(yaw_rate, float)
 
     for seed in range(5):
         train, val = split_by_seed(kept, 0.34, seed)
@@ -254,7 +257,7 @@ def test_reference_paths_from_bags_keep_perturbed_frames(tmp_path: Path, small_c
     np.testing.assert_allclose(episode.references[3][0], reference(0.3)[0], atol=1e-9)
     data = DrivingDataset([folder], cfg)
     assert [frame for _, frame, _ in data._index] == list(range(10))
-    waypoints = data[0][3].numpy()
+    waypoints = data[0].waypoints.numpy()
     np.testing.assert_allclose(waypoints[-1], (SPEED * 2.0, -1.0), atol=1e-4)  # on the path after 2 s
     assert waypoints[0, 1] == pytest.approx(-(1 - 0.5 * (1 + math.cos(math.pi / 4))), abs=1e-4)
 
@@ -263,7 +266,7 @@ def test_reference_paths_from_bags_keep_perturbed_frames(tmp_path: Path, small_c
                              reference=reference)
     data = DrivingDataset([odometry], cfg)
     assert [frame for _, frame, _ in data._index] == [6, 7, 8, 9]
-    np.testing.assert_allclose(data[0][3].numpy()[:, 1], 0.0, atol=1e-6)
+    np.testing.assert_allclose(data[0].waypoints.numpy()[:, 1], 0.0, atol=1e-6)
 
     # Reference targets asked for, but the bag has no reference topic: a clear error naming the fix.
     missing = write_episode(tmp_path / "missing", straight, seed=4, extra_meta=early)
@@ -367,7 +370,7 @@ def test_lateral_weight_and_vision_probe(small_config: Path) -> None:
     probe = VisionProbe(policy.visual_tokens_per_image, policy.model.config.text_config.hidden_size, 2 * N_WP + 1)
     rng = np.random.default_rng(0)
     batch = ([rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(3)], ["go"] * 3, [1.0, 2.0, 3.0],
-             torch.zeros(3, N_WP, 2), torch.zeros(3))
+             [0.0, 0.1, -0.1], torch.zeros(3, N_WP, 2), torch.zeros(3))
     main, aux = batch_loss(policy, batch, Objective(aux_weight=1.0, probe=probe, tap=tap))
     assert tap.features.shape == (3, policy.visual_tokens_per_image, policy.model.config.text_config.hidden_size)
     aux.backward()  # the probe's loss reaches the vision tower directly
@@ -387,16 +390,22 @@ def test_batched_encoding_matches_the_policy(small_config: Path) -> None:
     from autoprune_ros.vla.builder import build_tiny_vla
     from autoprune_ros.vla.train import encode_batch
 
-    policy = build_tiny_vla(small_config, seed=3)
+    cfg = yaml.safe_load(small_config.read_text(encoding="utf-8"))
+    cfg["prompt"]["template"] = YAW_RATE_TEMPLATE
+    policy = build_tiny_vla(cfg, seed=3)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(3)]
     texts = ["go", "turn left at the second intersection after the bridge", "stop"]  # prompts of unequal length
     speeds = [0.0, 7.5, 12.25]
+    yaw_rates = [0.0, -0.35, 0.6]
     with torch.no_grad():
-        batched = encode_batch(policy, images, texts, speeds)
-        single = torch.stack([policy._encode([im], t, s)[0] for im, t, s in zip(images, texts, speeds, strict=True)])
+        batched = encode_batch(policy, images, texts, speeds, yaw_rates)
+        single = torch.stack([policy._encode([im], t, s, yaw_rate_rps=w)[0]
+                              for im, t, s, w in zip(images, texts, speeds, yaw_rates, strict=True)])
+        still = encode_batch(policy, images, texts, speeds)
     assert batched.shape == single.shape
     torch.testing.assert_close(batched, single, atol=1e-4, rtol=1e-4)
+    assert (still[1:] - batched[1:]).abs().amax() > 1e-4  # the yaw rate reaches the model through the prompt
 
 
 def test_token_dropout_reaches_the_decoder(small_config: Path) -> None:
@@ -411,8 +420,8 @@ def test_token_dropout_reaches_the_decoder(small_config: Path) -> None:
     args = (policy, images, ["go", "stop"], [3.0, 4.0])
     with torch.no_grad():
         plain = encode_batch(*args)
-        same = encode_batch(*args, TokenDropout(1.0, 1.0, torch.Generator().manual_seed(0)))
-        dropped = encode_batch(*args, TokenDropout(1.0, 0.1, torch.Generator().manual_seed(0)))
+        same = encode_batch(*args, dropout=TokenDropout(1.0, 1.0, torch.Generator().manual_seed(0)))
+        dropped = encode_batch(*args, dropout=TokenDropout(1.0, 0.1, torch.Generator().manual_seed(0)))
     torch.testing.assert_close(same, plain)
     assert ((dropped - plain).abs().amax(dim=1) > 1e-4).all()
 

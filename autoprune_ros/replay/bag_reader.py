@@ -118,7 +118,8 @@ class _Index:
 
     cameras: dict[str, list[tuple[int, int, int]]]
     instructions: list[tuple[int, str]] = field(default_factory=list)  # (bag time, text)
-    odometry: list[tuple[int, float, float, float, float]] = field(default_factory=list)  # stamp, x, y, yaw, v
+    # stamp, x, y, yaw, speed, yaw rate
+    odometry: list[tuple[int, float, float, float, float, float]] = field(default_factory=list)
     references: list[tuple[int, ReferenceControl]] = field(default_factory=list)
     failed: Counter = field(default_factory=Counter)
     first_error: dict[str, str] = field(default_factory=dict)
@@ -245,7 +246,8 @@ class BagReader:
                 elif topic == m.odometry:
                     pose, lin = msg.pose.pose, msg.twist.twist.linear
                     index.odometry.append((_stamp_ns(msg), float(pose.position.x), float(pose.position.y),
-                                           _yaw(pose.orientation), math.hypot(lin.x, lin.y)))
+                                           _yaw(pose.orientation), math.hypot(lin.x, lin.y),
+                                           float(msg.twist.twist.angular.z)))
                 else:
                     index.references.append((_stamp_ns(msg), _reference(msg, self._types[topic], self._max_steer)))
             except Exception as exc:  # noqa: BLE001 - undecodable message: skipped and counted
@@ -369,6 +371,7 @@ class BagReader:
         return ReplayFrame(index=i, stamp_ns=plan.stamp_ns, bag_time_ns=plan.bag_time_ns, views=views,
                            instruction=None if instruction is None else instruction[1],
                            speed_mps=None if odom is None else odom[4],
+                           yaw_rate_rps=None if odom is None else odom[5],
                            reference=None if ref is None else ref[1])
 
     def track(self) -> Track:

@@ -46,6 +46,7 @@ class ReplayFrame:
     instruction: str | None  # None: no instruction yet at this stamp (the node's default parameter applies)
     speed_mps: float | None  # hypot(twist.linear.x, .y) of the latest odometry; None: none yet
     reference: ReferenceControl | None = None  # latest reference control at or before the stamp
+    yaw_rate_rps: float | None = None  # twist.angular.z of the latest odometry; None: none yet
 
 
 @dataclass

@@ -76,12 +76,13 @@ def run_offline(frames: Iterable[ReplayFrame], pipeline: FramePipeline, config: 
                 total: int | None = None) -> list[FrameRecord]:
     """Run `config` on every frame, in order; one FrameRecord per frame. A frame that cannot be decoded or whose
     step raises (or returns a non-finite action) is recorded as "failed" with the reason, as the node would
-    answer it with a safe stop, and the run goes on. The instruction and speed carry over between frames as in
-    the node: the last non-empty instruction (else `default_instruction`), the last finite speed (else 0)."""
+    answer it with a safe stop, and the run goes on. The instruction and ego state carry over between frames as in
+    the node: the last non-empty instruction (else `default_instruction`), the last finite speed and yaw rate
+    (else 0)."""
     pipeline.set_policy(config.policy)
     pipeline.policy.reset()
     pipeline.last_complexity = None
-    instruction, speed = default_instruction, 0.0
+    instruction, speed, yaw_rate = default_instruction, 0.0, 0.0
     records: list[FrameRecord] = []
     items: Iterable[ReplayFrame] = frames
     if progress:
@@ -93,12 +94,14 @@ def run_offline(frames: Iterable[ReplayFrame], pipeline: FramePipeline, config: 
             instruction = frame.instruction
         if frame.speed_mps is not None and math.isfinite(frame.speed_mps):
             speed = frame.speed_mps
-        records.append(_run_frame(frame, pipeline, config, instruction, speed, dt))
+        if frame.yaw_rate_rps is not None and math.isfinite(frame.yaw_rate_rps):
+            yaw_rate = frame.yaw_rate_rps
+        records.append(_run_frame(frame, pipeline, config, instruction, speed, yaw_rate, dt))
     return records
 
 
 def _run_frame(frame: ReplayFrame, pipeline: FramePipeline, config: PolicyConfig, instruction: str, speed: float,
-               dt: float) -> FrameRecord:
+               yaw_rate: float, dt: float) -> FrameRecord:
     start = time.perf_counter()
     try:
         views = [decode_view(msg) for msg in frame.views]
@@ -107,7 +110,7 @@ def _run_frame(frame: ReplayFrame, pipeline: FramePipeline, config: PolicyConfig
     pre_ms = (time.perf_counter() - start) * 1e3
     budget = None if config.tokens is None else min(config.tokens, pipeline.visual_tokens(len(views)))
     try:
-        result = pipeline.step(views, instruction, speed, pre_ms=pre_ms, dt=dt, budget=budget)
+        result = pipeline.step(views, instruction, speed, pre_ms=pre_ms, dt=dt, budget=budget, yaw_rate_rps=yaw_rate)
     except Exception as exc:  # a model fault fails this frame only, as in the node
         return FrameRecord(frame.index, frame.stamp_ns, status="failed",
                            error=f"policy failed: {type(exc).__name__}: {exc}")

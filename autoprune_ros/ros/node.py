@@ -83,6 +83,7 @@ class AutoPruneNode(LifecycleNode):
         self.health = _Health()
         self.instruction = self._param("instruction")
         self.speed_mps = 0.0
+        self.yaw_rate_rps = 0.0
         self.last_steer = 0.0
         self.active = False
         self._inputs: list = []
@@ -288,6 +289,9 @@ class AutoPruneNode(LifecycleNode):
         speed = math.hypot(v.x, v.y)
         if math.isfinite(speed):
             self.speed_mps = speed
+        yaw_rate = msg.twist.twist.angular.z
+        if math.isfinite(yaw_rate):
+            self.yaw_rate_rps = yaw_rate
 
     # ---- inference thread
     def _run(self) -> None:
@@ -313,7 +317,7 @@ class AutoPruneNode(LifecycleNode):
             health.unsynced_cameras = [self.camera_topics[i] for i in view_set.unsynced]
             try:
                 result = self.pipeline.step(views, self.instruction, self.speed_mps, pre_ms=pre_ms,
-                                            dt=1.0 / self._param("control_rate_hz"))
+                                            dt=1.0 / self._param("control_rate_hz"), yaw_rate_rps=self.yaw_rate_rps)
             except Exception as exc:  # any model fault must end in a safe stop, not a dead thread
                 health.model_faults += 1
                 self._fail(view_set.stamp_ns, f"policy failed: {type(exc).__name__}: {exc}")
@@ -469,7 +473,8 @@ parameters (defaults; read-only ones are fixed at start):
                 for n, p in PARAMETERS.items()) + f"""
 
 topics: in  camera_topics (sensor_msgs/Image, or CompressedImage for .../compressed),
-            /autoprune/instruction (std_msgs/String, transient local), /carla/hero/odometry (nav_msgs/Odometry)
+            /autoprune/instruction (std_msgs/String, transient local),
+            /carla/hero/odometry (nav_msgs/Odometry: speed and yaw rate, the ego state in the prompt)
         out {CONTROL_TOPICS['carla']} (carla_msgs/CarlaEgoVehicleControl) or
             {CONTROL_TOPICS['ackermann']} (ackermann_msgs/AckermannDriveStamped),
             /autoprune/trajectory (nav_msgs/Path), {FRAME_STATS_TOPIC} (diagnostic_msgs/DiagnosticStatus),

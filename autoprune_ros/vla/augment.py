@@ -1,11 +1,11 @@
 """Training-time augmentation of driving samples: horizontal mirroring, a per-epoch frame stride, instruction-
 balanced sampling weights and visual-token dropout.
 
-A mirrored camera frame shows the same road with left and right exchanged, so its targets are the expert's
-waypoints with the lateral coordinate negated, and its instruction has "left" and "right" exchanged ("turn left at
-the next intersection" becomes "turn right ..."). It doubles the road layouts and cancels any left/right bias of
-the recorded routes, but it is off by default: with half the samples mirrored, the bundled recipe's budget was not
-enough for the vision tower to learn the road at all (docs/training.md).
+A mirrored camera frame shows the same road with left and right exchanged, so its targets are the expert's waypoints
+with the lateral coordinate negated, its yaw rate is negated, and its instruction has "left" and "right" exchanged
+("turn left at the next intersection" becomes "turn right ..."). It doubles the road layouts and cancels any
+left/right bias of the recorded routes, but it is off by default: with half the samples mirrored, the bundled
+recipe's budget was not enough for the vision tower to learn the road at all (docs/training.md).
 """
 from __future__ import annotations
 
@@ -35,12 +35,13 @@ def mirror_instruction(text: str) -> str:
 
 
 def mirror_sample(sample: Sample) -> Sample:
-    """The sample seen in a mirror: image flipped left-right, lateral (y) waypoint coordinates negated, "left" and
-    "right" exchanged in the instruction; speed and target speed unchanged."""
-    image, instruction, speed, waypoints, target_speed = sample
-    mirrored = waypoints.clone()
+    """The sample seen in a mirror: image flipped left-right, yaw rate and lateral (y) waypoint coordinates negated,
+    "left" and "right" exchanged in the instruction; speed and target speed unchanged."""
+    mirrored = sample.waypoints.clone()
     mirrored[..., 1] = -mirrored[..., 1]
-    return np.ascontiguousarray(image[:, ::-1]), mirror_instruction(instruction), speed, mirrored, target_speed
+    return sample._replace(image=np.ascontiguousarray(sample.image[:, ::-1]),
+                           instruction=mirror_instruction(sample.instruction), yaw_rate=-sample.yaw_rate,
+                           waypoints=mirrored)
 
 
 class Mirrored(Dataset):

@@ -1,11 +1,11 @@
-"""Expert driving episodes (rosbag2 folders from sim/record_expert.py) -> (image, instruction, speed, waypoints,
-target speed) training samples for the tiny VLA.
+"""Expert driving episodes (rosbag2 folders from sim/record_expert.py) -> (image, instruction, speed, yaw rate,
+waypoints, target speed) training samples for the tiny VLA.
 
 Bag contract, one rosbag2 folder per episode with an `episode.json` (at least `seed` and `kept`) beside it:
 `/carla/hero/rgb_front/image` (sensor_msgs/Image rgb8), `/carla/hero/odometry` (nav_msgs/Odometry, REP 103 map
-frame, twist.linear.x = speed, same header stamps as the images), `/carla/hero/vehicle_control_cmd`
-(carla_msgs/CarlaEgoVehicleControl, optional here) and `/autoprune/instruction` (std_msgs/String, at the first
-tick and on every change). Targets are documented in docs/training.md.
+frame, twist.linear.x = speed, twist.angular.z = yaw rate, same header stamps as the images),
+`/carla/hero/vehicle_control_cmd` (carla_msgs/CarlaEgoVehicleControl, optional here) and `/autoprune/instruction`
+(std_msgs/String, at the first tick and on every change). Targets are documented in docs/training.md.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -38,7 +38,17 @@ PERTURBATION_MARGIN_S = 2.0
 CONVERGE_S = 2.0
 _EPS = 1e-6
 
-Sample = tuple[np.ndarray, str, float, torch.Tensor, float]
+
+class Sample(NamedTuple):
+    """One training sample: what the policy sees (camera frame HxWx3 uint8 RGB, instruction, ego speed m/s and
+    yaw rate rad/s, left positive) and its targets (waypoints (N, 2) float32, target speed m/s)."""
+
+    image: np.ndarray
+    instruction: str
+    speed: float
+    yaw_rate: float
+    waypoints: torch.Tensor
+    target_speed: float
 
 
 class _BagProblem(ValueError):
@@ -48,15 +58,17 @@ class _BagProblem(ValueError):
 @dataclass
 class Episode:
     """One recorded episode, frames in stamp order: images (T, H, W, 3) uint8 RGB, stamps (T,) s, poses (T, 3)
-    map-frame x, y, yaw, speeds (T,) m/s, the instruction in force per frame, controls (T, 3) steer / throttle /
-    brake of the expert (NaN where not recorded), the parsed episode.json (empty if absent) and, where the bag has
-    REFERENCE_TOPIC for every frame, the lane centreline ahead per frame ((K, 2) map-frame points), else None."""
+    map-frame x, y, yaw, speeds (T,) m/s, yaw rates (T,) rad/s (odometry twist.angular.z), the instruction in
+    force per frame, controls (T, 3) steer / throttle / brake of the expert (NaN where not recorded), the parsed
+    episode.json (empty if absent) and, where the bag has REFERENCE_TOPIC for every frame, the lane centreline
+    ahead per frame ((K, 2) map-frame points), else None."""
 
     path: Path
     images: np.ndarray
     stamps: np.ndarray
     poses: np.ndarray
     speeds: np.ndarray
+    yaw_rates: np.ndarray
     instructions: list[str]
     controls: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
@@ -116,7 +128,7 @@ def read_episode(bag_dir: str | Path) -> Episode:
     bag_dir = Path(bag_dir)
     store = project_typestore()
     images: dict[int, np.ndarray] = {}
-    odom: dict[int, tuple[float, float, float, float]] = {}
+    odom: dict[int, tuple[float, float, float, float, float]] = {}
     controls: dict[int, tuple[float, float, float]] = {}
     instructions: list[tuple[int, str]] = []
     references: dict[int, np.ndarray] = {}
@@ -136,7 +148,7 @@ def read_episode(bag_dir: str | Path) -> Episode:
                 elif conn.topic == ODOM_TOPIC:
                     pose = msg.pose.pose
                     odom[_stamp(msg.header)] = (pose.position.x, pose.position.y, _yaw(pose.orientation),
-                                                msg.twist.twist.linear.x)
+                                                msg.twist.twist.linear.x, msg.twist.twist.angular.z)
                 elif conn.topic == CONTROL_TOPIC:
                     controls[_stamp(msg.header)] = (msg.steer, msg.throttle, msg.brake)
                 elif conn.topic == REFERENCE_TOPIC:
@@ -171,6 +183,7 @@ def read_episode(bag_dir: str | Path) -> Episode:
         stamps=(frame_ns - frame_ns[0]).astype(np.float64) * 1e-9,
         poses=state[:, :3],
         speeds=state[:, 3],
+        yaw_rates=state[:, 4],
         instructions=[instructions[i][1] for i in which],
         controls=np.array([controls.get(s, nan3) for s in stamps_ns], dtype=np.float64),
         meta=meta,
@@ -320,10 +333,9 @@ def split_by_seed(bag_dirs: Sequence[str | Path], val_fraction: float,
 
 
 class DrivingDataset(Dataset):
-    """Samples (image HxWx3 uint8, instruction, speed m/s, waypoints (N, 2) float32 tensor, target speed m/s)
-    from the `kept: true` episodes among `bag_dirs` (targets: `episode_targets`), minus the frames `unperturbed`
-    rejects in episodes with odometry targets; N and the waypoint spacing come from the model config's
-    `action_head`. Frames are held in memory as uint8 (the processor resizes them at batch time)."""
+    """`Sample`s from the `kept: true` episodes among `bag_dirs` (targets: `episode_targets`), minus the frames
+    `unperturbed` rejects in episodes with odometry targets; N and the waypoint spacing come from the model
+    config's `action_head`. Frames are held in memory as uint8 (the processor resizes them at batch time)."""
 
     def __init__(self, bag_dirs: Sequence[str | Path], config: Mapping[str, Any]) -> None:
         head = config["action_head"]
@@ -357,13 +369,14 @@ class DrivingDataset(Dataset):
         e, frame, row = self._index[i]
         episode = self.episodes[e]
         waypoints, speeds = self._targets[e]
-        return (episode.images[frame], episode.instructions[frame], float(episode.speeds[frame]),
-                torch.from_numpy(waypoints[row]), float(speeds[row]))
+        return Sample(episode.images[frame], episode.instructions[frame], float(episode.speeds[frame]),
+                      float(episode.yaw_rates[frame]), torch.from_numpy(waypoints[row]), float(speeds[row]))
 
 
-def collate(batch: Sequence[Sample]) -> tuple[list[np.ndarray], list[str], list[float], torch.Tensor, torch.Tensor]:
-    """DataLoader collate: images, instructions and speeds as lists (the processor batches them), targets as
-    tensors (B, N, 2) and (B,)."""
-    images, instructions, speeds, waypoints, target_speeds = zip(*batch, strict=True)
-    return (list(images), list(instructions), list(speeds), torch.stack(waypoints),
+def collate(batch: Sequence[Sample]) -> tuple[list[np.ndarray], list[str], list[float], list[float], torch.Tensor,
+                                              torch.Tensor]:
+    """DataLoader collate: images, instructions, speeds and yaw rates as lists (the processor batches them),
+    targets as tensors (B, N, 2) and (B,)."""
+    images, instructions, speeds, yaw_rates, waypoints, target_speeds = zip(*batch, strict=True)
+    return (list(images), list(instructions), list(speeds), list(yaw_rates), torch.stack(waypoints),
             torch.tensor(target_speeds, dtype=torch.float32))

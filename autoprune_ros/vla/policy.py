@@ -100,14 +100,16 @@ class VLAPolicy:
 
     @staticmethod
     def check_prompt_template(template: str) -> None:
-        """ValueError unless `template` has one {images} and one {instruction} field and formats cleanly."""
+        """ValueError unless `template` has one {images} and one {instruction} field and formats cleanly. It may use
+        {speed} (m/s) and {yaw_rate} (deg/s, left positive), the ego state from odometry."""
         for field_name in ("{images}", "{instruction}"):
             if template.count(field_name) != 1:
                 raise ValueError(f"prompt template must contain {field_name} exactly once: {template!r}")
         try:
-            formatted = template.format(images="", instruction="", speed=0.0)
+            formatted = template.format(images="", instruction="", speed=0.0, yaw_rate=0.0)
         except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"prompt template does not format with images, instruction, speed: {exc}") from None
+            raise ValueError(f"prompt template does not format with images, instruction, speed, yaw_rate: {exc}"
+                             ) from None
         if "<image>" in formatted:
             raise ValueError("prompt template must not contain '<image>' itself; use {images}")
 
@@ -143,30 +145,33 @@ class VLAPolicy:
             instruction = instruction.replace(reserved, " ")
         return " ".join(instruction.split())[: self._max_instruction_chars]
 
-    def build_prompt(self, num_images: int, instruction: str, speed_mps: float) -> str:
-        """The prompt text with one <image> placeholder per view, in view order."""
+    def build_prompt(self, num_images: int, instruction: str, speed_mps: float, yaw_rate_rps: float = 0.0) -> str:
+        """The prompt text with one <image> placeholder per view, in view order; the template's {yaw_rate} is in
+        degrees per second (a few integer tokens rather than a small fraction)."""
         images = "\n".join([self.image_token] * num_images)
-        return self._template.format(images=images, instruction=instruction, speed=speed_mps)
+        return self._template.format(images=images, instruction=instruction, speed=speed_mps,
+                                     yaw_rate=math.degrees(yaw_rate_rps))
 
-    def prepare_inputs(self, images: list[np.ndarray], instruction: str, speed_mps: float) -> BatchFeature:
+    def prepare_inputs(self, images: list[np.ndarray], instruction: str, speed_mps: float,
+                       yaw_rate_rps: float = 0.0) -> BatchFeature:
         """Processor outputs (input_ids, attention_mask, pixel_values) on the policy's device, for inputs that
         `act` has already validated."""
-        prompt = self.build_prompt(len(images), instruction, speed_mps)
+        prompt = self.build_prompt(len(images), instruction, speed_mps, yaw_rate_rps)
         inputs = self.processor(images=images, text=prompt, return_tensors="pt", input_data_format="channels_last")
         inputs = inputs.to(self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         return inputs
 
     def _encode(self, images: list[np.ndarray], instruction: str, speed_mps: float,
-                timings: dict[str, float] | None = None,
-                pruning: PruningPolicy | None = None) -> tuple[torch.Tensor, PrefillStats]:
+                timings: dict[str, float] | None = None, pruning: PruningPolicy | None = None,
+                yaw_rate_rps: float = 0.0) -> tuple[torch.Tensor, PrefillStats]:
         """Final-norm decoder hidden state of the last prompt token, shape (hidden,), and the prefill statistics.
 
         Runs the base LLaVA model only (no LM head, no per-layer hidden states, no KV cache), with visual tokens
         pruned by `pruning` (default: none). Writes the preprocessing time into `timings['preprocess']`.
         """
         start = time.perf_counter()
-        inputs = self.prepare_inputs(images, instruction, speed_mps)
+        inputs = self.prepare_inputs(images, instruction, speed_mps, yaw_rate_rps)
         if timings is not None:
             timings["preprocess"] = _elapsed_ms(start)
         compact = self.config.get("pruning", {}).get("compact_positions")
@@ -181,15 +186,17 @@ class VLAPolicy:
         return outputs.last_hidden_state[0, -1], session.stats()
 
     def act(self, images: Sequence[np.ndarray], instruction: str, speed_mps: float, dt: float = 0.1,
-            pruning: PruningPolicy | None = None) -> PolicyOutput:
-        """One control step: HxWx3 uint8 RGB views (in prompt order), the instruction, ego speed (m/s) and the
-        control period `dt` (s) -> a clipped Action. `pruning` prunes the visual tokens of this frame's prefill.
+            pruning: PruningPolicy | None = None, yaw_rate_rps: float = 0.0) -> PolicyOutput:
+        """One control step: HxWx3 uint8 RGB views (in prompt order), the instruction, ego speed (m/s), the
+        control period `dt` (s) and the ego yaw rate (rad/s, left positive; read by prompt templates with a
+        {yaw_rate} field) -> a clipped Action. `pruning` prunes the visual tokens of this frame's prefill.
 
         Raises ValueError for malformed inputs and RuntimeError if the model produces non-finite outputs (the
         controller state is then left untouched).
         """
         views = _check_images(images)
         speed = _check_finite("speed_mps", speed_mps)
+        yaw_rate = _check_finite("yaw_rate_rps", yaw_rate_rps)
         dt = _check_finite("dt", dt)
         if dt <= 0.0:
             raise ValueError(f"dt must be > 0 s, got {dt}")
@@ -198,7 +205,8 @@ class VLAPolicy:
         timings: dict[str, float] = {}
         start = time.perf_counter()
         with torch.inference_mode():
-            hidden, prefill_stats = self._encode(views, text, speed, timings=timings, pruning=pruning)
+            hidden, prefill_stats = self._encode(views, text, speed, timings=timings, pruning=pruning,
+                                                     yaw_rate_rps=yaw_rate)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)  # kernels are asynchronous: close the model's time here
             head_start = time.perf_counter()

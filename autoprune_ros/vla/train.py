@@ -37,7 +37,8 @@ class TokenDropout:
 
 
 def encode_batch(policy: VLAPolicy, images: Sequence[np.ndarray], instructions: Sequence[str],
-                 speeds: Sequence[float], dropout: TokenDropout | None = None) -> torch.Tensor:
+                 speeds: Sequence[float], yaw_rates: Sequence[float] | None = None,
+                 dropout: TokenDropout | None = None) -> torch.Tensor:
     """Batched `policy._encode` (one camera view per sample, no pruning): the final-norm decoder hidden state of
     each sample's last non-pad prompt token, shape (B, hidden). Prompts are padded by the processor; the index of
     the last attended position is taken from the attention mask, so left or right padding both work. With
@@ -46,8 +47,10 @@ def encode_batch(policy: VLAPolicy, images: Sequence[np.ndarray], instructions: 
 
     from .augment import drop_visual_tokens
 
-    prompts = [policy.build_prompt(1, policy.clean_instruction(text), float(speed))
-               for text, speed in zip(instructions, speeds, strict=True)]
+    if yaw_rates is None:
+        yaw_rates = [0.0] * len(speeds)
+    prompts = [policy.build_prompt(1, policy.clean_instruction(text), float(speed), float(yaw_rate))
+               for text, speed, yaw_rate in zip(instructions, speeds, yaw_rates, strict=True)]
     inputs = policy.processor(images=list(images), text=prompts, return_tensors="pt", padding=True,
                               input_data_format="channels_last")
     inputs = inputs.to(policy.device)
@@ -87,8 +90,8 @@ def action_loss(pred_waypoints: torch.Tensor, pred_speed: torch.Tensor, waypoint
 
 def batch_loss(policy: VLAPolicy, batch: tuple, objective: Objective) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(the policy's action loss, the vision probe's loss on the same targets or None without a probe)."""
-    images, instructions, speeds, waypoints, target_speeds = batch
-    hidden = encode_batch(policy, images, instructions, speeds, objective.dropout)
+    images, instructions, speeds, yaw_rates, waypoints, target_speeds = batch
+    hidden = encode_batch(policy, images, instructions, speeds, yaw_rates, objective.dropout)
     pred_waypoints, pred_speed = policy.head(hidden.float())
     main = action_loss(pred_waypoints, pred_speed, waypoints, target_speeds, objective)
     if objective.probe is None:
