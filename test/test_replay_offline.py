@@ -186,3 +186,21 @@ def test_errors_are_one_line_with_exit_status_2(bags, tmp_path, capsys, case) ->
     assert err.startswith("autoprune-replay: error:")
     if case.endswith("model"):
         assert "--model" in err and "pass 'tiny'" in err
+
+
+def test_lateral_gain_measures_how_much_of_each_turn_is_predicted() -> None:
+    from autoprune_ros.replay.frames import FrameRecord
+    from autoprune_ros.replay.report import lateral_gain, summarize
+
+    def path(offset_2s: float) -> list[list[float]]:  # 8 x 0.5 s, sideways offset growing with time squared
+        return [[4.0 * (k + 1), offset_2s * ((k + 1) / 4) ** 2] for k in range(8)]
+
+    recorded = [0.0, 0.2, -3.0, 4.0, 2.5, -0.5]  # offsets at 2 s; the first two are straight frames
+    references = [{"stamp_ns": i, "steer": None, "throttle": None, "brake": None, "speed_future": None,
+                   "waypoints": path(y)} for i, y in enumerate(recorded)]
+    records = [FrameRecord(i, i, waypoints=path(0.4 * y + (0.3 if abs(y) < 1 else 0.0)))
+               for i, y in enumerate(recorded)]  # a policy that predicts 40% of every turn, plus a straight bias
+    summary = summarize(records, references)
+    assert summary["turn_frames"] == 3 and summary["lateral_gain"] == pytest.approx(0.4)
+    assert summary["ade"] > 0  # ADE mixes the cut turns with the straight frames; the gain isolates them
+    assert lateral_gain([], []) is None and lateral_gain([1.0], [2.0]) == pytest.approx(0.5)

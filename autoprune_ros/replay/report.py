@@ -26,8 +26,12 @@ ERROR_METRICS = ("steer_mae", "throttle_mae", "brake_mae", "speed_mae", "ade", "
 LATENCY_METRICS = ("latency_ms_p50", "latency_ms_p95", "latency_ms_p99", "latency_ms_max")
 TOKEN_METRICS = ("kept_tokens_mean", "kept_tokens_min", "kept_tokens_max", "visual_tokens_mean", "budget_mean",
                  "flops_ratio_mean", "complexity_mean", "complexity_std")
-COUNT_METRICS = ("frames", "ok", "failed", "missing", "reference_frames", "waypoint_frames", "speed_frames")
-SUMMARY_METRICS = COUNT_METRICS + ERROR_METRICS + LATENCY_METRICS + TOKEN_METRICS
+COUNT_METRICS = ("frames", "ok", "failed", "missing", "reference_frames", "waypoint_frames", "speed_frames",
+                 "turn_frames")
+TURN_METRICS = ("lateral_gain",)
+SUMMARY_METRICS = COUNT_METRICS + ERROR_METRICS + TURN_METRICS + LATENCY_METRICS + TOKEN_METRICS
+# A frame counts as turning when the recorded path lies this far sideways at mid-horizon (2 s for 8 x 0.5 s).
+TURN_LATERAL_M = 1.0
 VERSION_PACKAGES = ("autoprune_ros", "torch", "transformers", "rosbags", "numpy")
 
 
@@ -93,11 +97,21 @@ def waypoint_errors(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) 
     return float(d.mean()), float(d[-1])
 
 
+def lateral_gain(predicted: Sequence[float], recorded: Sequence[float]) -> float | None:
+    """Least-squares slope through the origin of the predicted against the recorded sideways offset (m): 1 for a
+    policy that turns as much as the driver did, below 1 for one that cuts every turn short, which ADE hides among
+    the straight frames. None without a recorded offset."""
+    p, r = np.asarray(predicted, dtype=np.float64), np.asarray(recorded, dtype=np.float64)
+    denominator = float(r @ r)
+    return float(p @ r) / denominator if denominator > 0 else None
+
+
 def summarize(records: Sequence[FrameRecord], references: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """One configuration's summary metrics (SUMMARY_METRICS) from its records and `frame_references`."""
     by_stamp = {row["stamp_ns"]: row for row in references}
     ok = [r for r in records if r.status == "ok"]
     errors: dict[str, list[float]] = {name: [] for name in ERROR_METRICS}
+    turns: tuple[list[float], list[float]] = ([], [])  # predicted, recorded sideways offset at mid-horizon
     for rec in ok:
         ref = by_stamp.get(rec.stamp_ns)
         if ref is None:
@@ -111,6 +125,10 @@ def summarize(records: Sequence[FrameRecord], references: Sequence[Mapping[str, 
             ade, fde = waypoint_errors(rec.waypoints, ref["waypoints"])
             errors["ade"].append(ade)
             errors["fde"].append(fde)
+            mid = len(ref["waypoints"]) // 2 - 1
+            if abs(ref["waypoints"][mid][1]) > TURN_LATERAL_M:
+                turns[0].append(rec.waypoints[mid][1])
+                turns[1].append(ref["waypoints"][mid][1])
     latency = np.array([r.latency_ms for r in ok if r.latency_ms is not None], dtype=np.float64)
     kept = [float(np.mean(r.kept_tokens_per_layer)) for r in ok if r.kept_tokens_per_layer]
     complexity = [r.complexity for r in ok if r.complexity is not None]
@@ -118,8 +136,10 @@ def summarize(records: Sequence[FrameRecord], references: Sequence[Mapping[str, 
         "frames": len(records), "ok": len(ok), "failed": sum(r.status == "failed" for r in records),
         "missing": sum(r.status == "missing" for r in records), "reference_frames": len(errors["steer_mae"]),
         "waypoint_frames": len(errors["ade"]), "speed_frames": len(errors["speed_mae"]),
+        "turn_frames": len(turns[1]),
     }
     summary.update({name: _mean(values) for name, values in errors.items()})
+    summary["lateral_gain"] = lateral_gain(*turns)
     for name, q in zip(LATENCY_METRICS, (50, 95, 99, 100), strict=True):
         summary[name] = float(np.percentile(latency, q)) if latency.size else None
     summary.update({
@@ -179,8 +199,8 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 SUMMARY_HEADERS = ["config", "ok/failed/missing", "steer MAE", "throttle MAE", "brake MAE", "speed MAE m/s",
-                   "ADE m", "FDE m", "latency p50/p95/p99/max ms", "kept tokens mean (min-max)", "visual tokens",
-                   "FLOPs ratio", "complexity mean±std"]
+                   "ADE m", "FDE m", "lateral gain (turn frames)", "latency p50/p95/p99/max ms",
+                   "kept tokens mean (min-max)", "visual tokens", "FLOPs ratio", "complexity mean±std"]
 
 
 def summary_table(report: Mapping[str, Any]) -> str:
@@ -192,6 +212,7 @@ def summary_table(report: Mapping[str, Any]) -> str:
         s = run["summary"]
         rows.append([
             name, f"{s['ok']}/{s['failed']}/{s['missing']}", *(_fmt(s[k]) for k in ERROR_METRICS),
+            f"{_fmt(s['lateral_gain'], 2)} ({s['turn_frames']})",
             "/".join(_fmt(s[k], 1) for k in LATENCY_METRICS),
             f"{_fmt(s['kept_tokens_mean'], 1)} ({_fmt(s['kept_tokens_min'], 1)}-{_fmt(s['kept_tokens_max'], 1)})",
             _fmt(s["visual_tokens_mean"], 0), _fmt(s["flops_ratio_mean"]),
