@@ -259,12 +259,19 @@ def bootstrap_interval(values: Sequence[float], *, confidence: float = 0.95,
     data = np.asarray(values, dtype=float)
     if data.size < 2:
         return None
+    return _percentile_interval(data[_resamples(data.size, resamples, seed)].mean(axis=1), confidence)
+
+
+def _resamples(n: int, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, n) route indices drawn with replacement, seeded."""
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def _percentile_interval(estimates: np.ndarray, confidence: float) -> tuple[float, float]:
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    picks = np.random.default_rng(seed).integers(0, data.size, size=(resamples, data.size))
-    means = data[picks].mean(axis=1)
     tail = 100.0 * (1.0 - confidence) / 2.0
-    return float(np.percentile(means, tail)), float(np.percentile(means, 100.0 - tail))
+    return float(np.percentile(estimates, tail)), float(np.percentile(estimates, 100.0 - tail))
 
 
 def paired_ratio(candidate: Sequence[float], reference: Sequence[float], *, confidence: float = 0.95,
@@ -280,13 +287,11 @@ def paired_ratio(candidate: Sequence[float], reference: Sequence[float], *, conf
     out: dict[str, float | None] = {"ratio": ratio, "low": None, "high": None, "routes": int(ref.size)}
     if ratio is None or ref.size < 2:
         return out
-    picks = np.random.default_rng(seed).integers(0, ref.size, size=(resamples, ref.size))
+    picks = _resamples(ref.size, resamples, seed)
     ref_means = ref[picks].mean(axis=1)
     if np.any(ref_means <= 0):
         return out
-    ratios = cand[picks].mean(axis=1) / ref_means
-    tail = 100.0 * (1.0 - confidence) / 2.0
-    out["low"], out["high"] = float(np.percentile(ratios, tail)), float(np.percentile(ratios, 100.0 - tail))
+    out["low"], out["high"] = _percentile_interval(cand[picks].mean(axis=1) / ref_means, confidence)
     return out
 
 
