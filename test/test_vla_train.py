@@ -384,6 +384,50 @@ def test_lateral_weight_and_vision_probe(small_config: Path) -> None:
     assert batch_loss(policy, batch, Objective())[1] is None
 
 
+def test_vision_pretraining_trains_the_vision_side_only(tmp_path: Path, episodes: dict[str, Path],
+                                                        small_config: Path) -> None:
+    import torch
+
+    from autoprune_ros.vla.builder import build_tiny_vla
+    from autoprune_ros.vla.train import Objective, batch_loss, main, vision_loss
+    from autoprune_ros.vla.vision_probe import ProjectorTap, VisionProbe
+
+    policy = build_tiny_vla(small_config, seed=3)
+    tap = ProjectorTap(policy.model.model)
+    probe = VisionProbe(policy.visual_tokens_per_image, policy.model.config.text_config.hidden_size, 2 * N_WP + 1)
+    rng = np.random.default_rng(1)
+    batch = ([rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(2)], ["go", "stop"], [1.0, 2.0],
+             [0.0, 0.0], torch.ones(2, N_WP, 2), torch.ones(2))
+    objective = Objective(lateral_weight=3.0, aux_weight=1.0, probe=probe, tap=tap)
+    loss = vision_loss(policy, batch, objective)
+    torch.testing.assert_close(loss, batch_loss(policy, batch, objective)[1])  # the same probe loss, decoder unrun
+    policy.model.zero_grad(set_to_none=True)
+    loss.backward()
+    named = dict(policy.model.model.named_parameters())
+    assert all(p.grad is None for n, p in named.items() if n.startswith("language_model"))
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in named.items() if "vision_tower" in n)
+    assert all(p.grad is not None for n, p in named.items() if "multi_modal_projector" in n)
+    tap.close()
+
+    args = ["--data", str(episodes["straight"].parent), "--config", str(small_config), "--epochs", "1", "--seed", "0",
+            "--batch-size", "4", "--val-fraction", "0.34", "--no-progress", "--threads", "2", "--lr", "1e-3",
+            "--vision-epochs", "3"]
+    assert main([*args, "--output", str(tmp_path / "a")]) == 0
+    report = json.loads((tmp_path / "a" / "training.json").read_text(encoding="utf-8"))
+    stage = report["vision_epochs"]
+    assert [e["epoch"] for e in stage] == [1, 2, 3] and report["hyperparameters"]["vision_epochs"] == 3
+    assert all(math.isfinite(e["train_loss"]) and math.isfinite(e["val_loss"]) for e in stage)
+    assert stage[-1]["train_loss"] < stage[0]["train_loss"]
+    assert len(report["epochs"]) == 1 and math.isfinite(report["epochs"][0]["val_loss"])
+    assert main([*args, "--output", str(tmp_path / "b")]) == 0  # reproducible
+    again = json.loads((tmp_path / "b" / "training.json").read_text(encoding="utf-8"))
+    assert [e["train_loss"] for e in again["vision_epochs"] + again["epochs"]] == [
+        e["train_loss"] for e in stage + report["epochs"]]
+    for extra in (["--aux-vision-weight", "0"], ["--freeze-vision"], ["--vision-epochs", "-1"]):
+        with pytest.raises(SystemExit):
+            main([*args, *extra, "--output", str(tmp_path / "c")])
+
+
 def test_batched_encoding_matches_the_policy(small_config: Path) -> None:
     import torch
 

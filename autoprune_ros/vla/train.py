@@ -12,7 +12,7 @@ import math
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -102,6 +102,21 @@ def batch_loss(policy: VLAPolicy, batch: tuple, objective: Objective) -> tuple[t
     return main, aux
 
 
+def vision_loss(policy: VLAPolicy, batch: tuple, objective: Objective) -> torch.Tensor:
+    """The vision probe's action loss on a batch with the vision tower and projector alone: the decoder is not run,
+    which makes a step about five times cheaper than `batch_loss` (docs/training.md, "Vision pre-training")."""
+    images, _, _, _, waypoints, target_speeds = batch
+    config = policy.model.config
+    pixels = policy.processor.image_processor(images=list(images), return_tensors="pt",
+                                              input_data_format="channels_last")["pixel_values"]
+    policy.model.model.get_image_features(pixel_values=pixels.to(policy.device, policy.dtype),
+                                          vision_feature_layer=config.vision_feature_layer,
+                                          vision_feature_select_strategy=config.vision_feature_select_strategy)
+    probe_out = objective.probe(objective.tap.features.float())
+    return action_loss(probe_out[:, :-1].reshape(waypoints.shape), probe_out[:, -1], waypoints, target_speeds,
+                       objective)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autoprune-train",
@@ -117,6 +132,10 @@ def _parser() -> argparse.ArgumentParser:
                              "instead of a seeded initialisation: fine-tuning, e.g. on supervised-run data; its "
                              "own config is used, so --config must not be given")
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--vision-epochs", type=int, default=0,
+                        help="epochs of vision pre-training before --epochs: the vision tower and projector learn "
+                             "the targets through the vision probe alone, without running the decoder, at about a "
+                             "fifth of the cost per sample (default 0: none; docs/training.md)")
     parser.add_argument("--seed", type=int, default=0, help="weights init, data split and order")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-4, help="AdamW peak learning rate (cosine decay)")
@@ -151,6 +170,11 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
     for name in ("epochs", "batch_size", "threads", "frame_stride"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.vision_epochs < 0:
+        parser.error("--vision-epochs must be >= 0")
+    if args.vision_epochs and (args.aux_vision_weight == 0 or args.freeze_vision):
+        parser.error("--vision-epochs trains the vision tower through the probe: it needs --aux-vision-weight > 0 "
+                     "and no --freeze-vision")
     for name in ("lr", "weight_decay", "speed_weight", "lateral_weight", "aux_vision_weight"):
         value = getattr(args, name)
         if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
@@ -193,6 +217,73 @@ def _evaluate(policy: VLAPolicy, loader: Any, objective: Objective) -> float | N
     return total / count if count else None
 
 
+def _evaluate_probe(policy: VLAPolicy, loader: Any, objective: Objective) -> float | None:
+    """The vision probe's mean action loss over `loader` (`vision_loss`, no token dropout)."""
+    import torch
+
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in loader:
+            total += float(vision_loss(policy, batch, objective)) * len(batch[0])
+            count += len(batch[0])
+    return total / count if count else None
+
+
+def _fit(name: str, epochs: int, loaders: Callable[[int], Any], step_loss: Callable[[tuple], tuple],
+         params: list, args: argparse.Namespace, epoch_samples: list[int], evaluate: Callable[[], float | None],
+         policy: VLAPolicy, log: Any) -> tuple[list[dict[str, Any]], float | None]:
+    """`epochs` epochs of AdamW (cosine decay from --lr, gradients clipped to norm 1) on `params`, minimising
+    `step_loss(batch)` = (logged loss, auxiliary loss or None; the auxiliary one is weighted by the probe
+    weight). Returns the per-epoch history and the measured seconds per training sample."""
+    import torch
+    from tqdm import tqdm
+
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    steps = sum(math.ceil(n / args.batch_size) for n in epoch_samples)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    history: list[dict[str, Any]] = []
+    seconds_per_sample: float | None = None
+    timed = [0.0, 0]  # seconds and samples of the timed training steps
+    for epoch in range(1, epochs + 1):
+        epoch_start = time.perf_counter()
+        total, count = 0.0, 0
+        train_loader = loaders(epoch)
+        bar = tqdm(train_loader, desc=f"{name} {epoch}/{epochs}", unit="batch", disable=args.no_progress,
+                   file=sys.stderr)
+        for step, batch in enumerate(bar):
+            step_start = time.perf_counter()
+            main, aux = step_loss(batch)
+            loss = main if aux is None else main + args.aux_vision_weight * aux
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"non-finite training loss at {name} {epoch}, step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            total += main.item() * len(batch[0])
+            count += len(batch[0])
+            bar.set_postfix(loss=f"{total / count:.3f}")
+            if epoch == 1 and (step > 0 or len(train_loader) == 1):  # the first step pays one-off warm-up
+                timed[0] += time.perf_counter() - step_start
+                timed[1] += len(batch[0])
+            if seconds_per_sample is None and timed[1] and (timed[1] >= 32 or step == len(train_loader) - 1):
+                seconds_per_sample = timed[0] / timed[1]
+                log(f"{name}: time per training sample {seconds_per_sample * 1e3:.0f} ms -> about "
+                    f"{seconds_per_sample * epoch_samples[0] / 60:.1f} min per epoch, "
+                    f"{seconds_per_sample * sum(epoch_samples) / 60:.1f} min for {epochs} (plus validation)")
+        bar.close()
+        policy.model.eval()
+        val_loss = evaluate()
+        policy.model.train()
+        history.append({"epoch": epoch, "samples": count, "train_loss": total / count, "val_loss": val_loss,
+                        "seconds": time.perf_counter() - epoch_start})
+        val_text = "n/a" if val_loss is None else f"{val_loss:.4f}"
+        log(f"{name} {epoch}/{epochs}: train loss {total / count:.4f}, val loss {val_text}, "
+            f"{history[-1]['seconds']:.1f} s")
+    return history, seconds_per_sample
+
+
 def train(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
     """Run the training described by parsed `args`; returns the training.json report. The torch thread count and
     deterministic-algorithms flag are set for the run and restored afterwards."""
@@ -223,7 +314,6 @@ def _portable(path: Path) -> str:
 def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     import torch
     from torch.utils.data import DataLoader, Subset, WeightedRandomSampler
-    from tqdm import tqdm
 
     from autoprune_ros.paths import config_path
 
@@ -271,26 +361,19 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     n_trained = sum(p.numel() for p in params)  # of the saved model; the probe is trained too, then dropped
     if objective.probe is not None:
         params += list(objective.probe.parameters())
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     generator = torch.Generator().manual_seed(args.seed)
     augmented = Mirrored(train_set, args.mirror_prob, args.seed)
     sample_instructions = train_set.instructions
     val_loader = DataLoader(val_set, batch_size=args.batch_size, shuffle=False, collate_fn=collate, num_workers=0)
     epoch_samples = stride_lengths(len(train_set), args.frame_stride, args.epochs)
-    steps = [math.ceil(n / args.batch_size) for n in epoch_samples]
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=sum(steps))
-    log(f"parameters: {n_params:,} ({n_trained:,} trained); {args.epochs} epochs x {steps[0]} steps of "
+    log(f"parameters: {n_params:,} ({n_trained:,} trained); {args.vision_epochs} vision epochs, then "
+        f"{args.epochs} epochs x {math.ceil(epoch_samples[0] / args.batch_size)} steps of "
         f"batch {args.batch_size} (frame stride {args.frame_stride}, mirror probability {args.mirror_prob}, "
         f"instruction balance {args.instruction_balance}, visual dropout {args.visual_dropout} keeping >= "
         f"{args.visual_keep_min}), {args.threads} threads")
 
-    history: list[dict[str, Any]] = []
-    seconds_per_sample: float | None = None
-    timed = [0.0, 0]  # seconds and samples of the timed training steps
-    start = time.perf_counter()
-    for epoch in range(1, args.epochs + 1):
-        epoch_start = time.perf_counter()
-        total, count = 0.0, 0
+    def loaders(epoch: int) -> Any:
+        """The shuffled (or instruction-balanced) training batches of `epoch`."""
         augmented.set_epoch(epoch)
         subset = stride_subset(augmented, args.frame_stride, epoch)
         sampling: dict[str, Any] = {"shuffle": True, "generator": generator}
@@ -298,41 +381,21 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
             indices = subset.indices if isinstance(subset, Subset) else range(len(subset))
             weights = instruction_weights([sample_instructions[i] for i in indices], args.instruction_balance)
             sampling = {"sampler": WeightedRandomSampler(weights.tolist(), len(weights), generator=generator)}
-        train_loader = DataLoader(subset, batch_size=args.batch_size, collate_fn=collate, num_workers=0, **sampling)
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{args.epochs}", unit="batch", disable=args.no_progress,
-                   file=sys.stderr)
-        for step, batch in enumerate(bar):
-            step_start = time.perf_counter()
-            main, aux = batch_loss(policy, batch, objective)
-            loss = main if aux is None else main + objective.aux_weight * aux
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"non-finite training loss at epoch {epoch}, step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
-            total += main.item() * len(batch[0])
-            count += len(batch[0])
-            bar.set_postfix(loss=f"{total / count:.3f}")
-            if epoch == 1 and (step > 0 or len(train_loader) == 1):  # the first step pays one-off warm-up
-                timed[0] += time.perf_counter() - step_start
-                timed[1] += len(batch[0])
-            if seconds_per_sample is None and timed[1] and (timed[1] >= 32 or step == len(train_loader) - 1):
-                seconds_per_sample = timed[0] / timed[1]
-                log(f"time per training sample: {seconds_per_sample * 1e3:.0f} ms -> about "
-                    f"{seconds_per_sample * epoch_samples[0] / 60:.1f} min per epoch, "
-                    f"{seconds_per_sample * sum(epoch_samples) / 60:.1f} min for {args.epochs} epochs "
-                    f"(plus validation)")
-        bar.close()
-        policy.model.eval()
-        val_loss = _evaluate(policy, val_loader, objective)
-        policy.model.train()
-        history.append({"epoch": epoch, "samples": count, "train_loss": total / count, "val_loss": val_loss,
-                        "seconds": time.perf_counter() - epoch_start})
-        val_text = "n/a" if val_loss is None else f"{val_loss:.4f}"
-        log(f"epoch {epoch}/{args.epochs}: train loss {total / count:.4f}, val loss {val_text}, "
-            f"{history[-1]['seconds']:.1f} s")
+        return DataLoader(subset, batch_size=args.batch_size, collate_fn=collate, num_workers=0, **sampling)
+
+    start = time.perf_counter()
+    vision_history: list[dict[str, Any]] = []
+    if args.vision_epochs:
+        vision_params = [p for p in (*policy.model.model.vision_tower.parameters(),
+                                     *policy.model.model.multi_modal_projector.parameters(),
+                                     *objective.probe.parameters()) if p.requires_grad]
+        vision_history, _ = _fit(
+            "vision", args.vision_epochs, loaders, lambda batch: (vision_loss(policy, batch, objective), None),
+            vision_params, args, stride_lengths(len(train_set), args.frame_stride, args.vision_epochs),
+            lambda: _evaluate_probe(policy, val_loader, objective), policy, log)
+    history, seconds_per_sample = _fit(
+        "epoch", args.epochs, loaders, lambda batch: batch_loss(policy, batch, objective), params, args,
+        epoch_samples, lambda: _evaluate(policy, val_loader, objective), policy, log)
 
     if objective.tap is not None:
         objective.tap.close()
@@ -347,7 +410,7 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
                                                           "speed_weight", "lateral_weight", "aux_vision_weight",
                                                           "mirror_prob", "instruction_balance", "visual_dropout",
                                                           "visual_keep_min", "frame_stride", "val_fraction",
-                                                          "freeze_vision", "threads")},
+                                                          "freeze_vision", "threads", "vision_epochs")},
         "data": [_portable(d) for d in args.data],
         "init": None if init is None else _portable(init),
         "config_file": _portable(args.config),
@@ -358,6 +421,7 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         "val_samples": len(val_set),
         "parameters": n_params,
         "trained_parameters": n_trained,
+        "vision_epochs": vision_history,
         "epochs": history,
         "seconds_per_sample": seconds_per_sample,
         "total_seconds": time.perf_counter() - start,
