@@ -204,29 +204,22 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
         parser.error(f"{args.output} exists and is not empty; pass --force to write into it")
 
 
+def _mean_loss(loader: Any, loss: Callable[[tuple], Any]) -> float | None:
+    """The sample-weighted mean of `loss(batch)` over `loader`, without gradients; None for an empty loader."""
+    import torch
+
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in loader:
+            total += float(loss(batch)) * len(batch[0])
+            count += len(batch[0])
+    return total / count if count else None
+
+
 def _evaluate(policy: VLAPolicy, loader: Any, objective: Objective) -> float | None:
     """The policy's mean action loss over `loader`, unpruned (the probe and the token dropout are not run)."""
-    import torch
-
     objective = replace(objective, probe=None, tap=None, dropout=None)
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for batch in loader:
-            total += float(batch_loss(policy, batch, objective)[0]) * len(batch[0])
-            count += len(batch[0])
-    return total / count if count else None
-
-
-def _evaluate_probe(policy: VLAPolicy, loader: Any, objective: Objective) -> float | None:
-    """The vision probe's mean action loss over `loader` (`vision_loss`, no token dropout)."""
-    import torch
-
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for batch in loader:
-            total += float(vision_loss(policy, batch, objective)) * len(batch[0])
-            count += len(batch[0])
-    return total / count if count else None
+    return _mean_loss(loader, lambda batch: batch_loss(policy, batch, objective)[0])
 
 
 def _fit(name: str, epochs: int, loaders: Callable[[int], Any], step_loss: Callable[[tuple], tuple],
@@ -392,7 +385,7 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         vision_history, _ = _fit(
             "vision", args.vision_epochs, loaders, lambda batch: (vision_loss(policy, batch, objective), None),
             vision_params, args, stride_lengths(len(train_set), args.frame_stride, args.vision_epochs),
-            lambda: _evaluate_probe(policy, val_loader, objective), policy, log)
+            lambda: _mean_loss(val_loader, lambda batch: vision_loss(policy, batch, objective)), policy, log)
     history, seconds_per_sample = _fit(
         "epoch", args.epochs, loaders, lambda batch: batch_loss(policy, batch, objective), params, args,
         epoch_samples, lambda: _evaluate(policy, val_loader, objective), policy, log)
