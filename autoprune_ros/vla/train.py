@@ -88,6 +88,13 @@ def action_loss(pred_waypoints: torch.Tensor, pred_speed: torch.Tensor, waypoint
     return waypoint_term + objective.speed_weight * (pred_speed - target_speeds).abs().mean()
 
 
+def _probe_loss(objective: Objective, waypoints: torch.Tensor, target_speeds: torch.Tensor) -> torch.Tensor:
+    """The vision probe's action loss on the visual tokens the tap caught in the last forward pass."""
+    probe_out = objective.probe(objective.tap.features.float())
+    return action_loss(probe_out[:, :-1].reshape(waypoints.shape), probe_out[:, -1], waypoints, target_speeds,
+                       objective)
+
+
 def batch_loss(policy: VLAPolicy, batch: tuple, objective: Objective) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(the policy's action loss, the vision probe's loss on the same targets or None without a probe)."""
     images, instructions, speeds, yaw_rates, waypoints, target_speeds = batch
@@ -96,15 +103,12 @@ def batch_loss(policy: VLAPolicy, batch: tuple, objective: Objective) -> tuple[t
     main = action_loss(pred_waypoints, pred_speed, waypoints, target_speeds, objective)
     if objective.probe is None:
         return main, None
-    probe_out = objective.probe(objective.tap.features.float())
-    aux = action_loss(probe_out[:, :-1].reshape(waypoints.shape), probe_out[:, -1], waypoints, target_speeds,
-                      objective)
-    return main, aux
+    return main, _probe_loss(objective, waypoints, target_speeds)
 
 
 def vision_loss(policy: VLAPolicy, batch: tuple, objective: Objective) -> torch.Tensor:
     """The vision probe's action loss on a batch with the vision tower and projector alone: the decoder is not run,
-    which makes a step about five times cheaper than `batch_loss` (docs/training.md, "Vision pre-training")."""
+    which makes a step about four times cheaper than `batch_loss` (docs/training.md, "Vision pre-training")."""
     images, _, _, _, waypoints, target_speeds = batch
     config = policy.model.config
     pixels = policy.processor.image_processor(images=list(images), return_tensors="pt",
@@ -112,9 +116,7 @@ def vision_loss(policy: VLAPolicy, batch: tuple, objective: Objective) -> torch.
     policy.model.model.get_image_features(pixel_values=pixels.to(policy.device, policy.dtype),
                                           vision_feature_layer=config.vision_feature_layer,
                                           vision_feature_select_strategy=config.vision_feature_select_strategy)
-    probe_out = objective.probe(objective.tap.features.float())
-    return action_loss(probe_out[:, :-1].reshape(waypoints.shape), probe_out[:, -1], waypoints, target_speeds,
-                       objective)
+    return _probe_loss(objective, waypoints, target_speeds)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -135,7 +137,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--vision-epochs", type=int, default=0,
                         help="epochs of vision pre-training before --epochs: the vision tower and projector learn "
                              "the targets through the vision probe alone, without running the decoder, at about a "
-                             "fifth of the cost per sample (default 0: none; docs/training.md)")
+                             "quarter of the cost per sample (default 0: none; docs/training.md)")
     parser.add_argument("--seed", type=int, default=0, help="weights init, data split and order")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-4, help="AdamW peak learning rate (cosine decay)")
