@@ -1,7 +1,7 @@
 """Closed loop on MetaDrive (ROS 2 installs with launch_ros): the autoprune node and the MetaDrive bridge.
 
     ros2 launch autoprune_ros closed_loop_metadrive.launch.py sim_python:=/opt/metadrive-env/bin/python \
-        seed:=7 map:=3 ticks:=600 mode:=sync output:=results/metadrive/seed7_sync.json
+        seed:=7 map:=3 ticks:=600 mode:=sync termination:=leaderboard output:=results/metadrive/seed7_sync.json
 
 The node runs on simulation time (the bridge publishes /clock) with the parameters file, on the CARLA control
 interface the bridge answers to. The bridge steps MetaDrive once per control and writes its route result to
@@ -45,6 +45,9 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("mode", default_value="sync", choices=["sync", "latency"],
                               description="sync: the simulator waits for each control; latency: controls take effect "
                               "ceil(latency / 0.1 s) ticks late"),
+        DeclareLaunchArgument("termination", default_value="leaderboard", choices=["leaderboard", "metadrive"],
+                              description="leaderboard: a straying run ends once the car's centre has left every "
+                              "lane; metadrive: also at the first touch of a solid line or the sidewalk"),
         DeclareLaunchArgument("sim_python", default_value="python3",
                               description="python of the simulator environment (MetaDrive needs its own)"),
         DeclareLaunchArgument("output", default_value="results/closed_loop_metadrive.json",
@@ -68,6 +71,7 @@ def generate_launch_description() -> LaunchDescription:
             "--map", LaunchConfiguration("map"),
             "--ticks", LaunchConfiguration("ticks"),
             "--mode", LaunchConfiguration("mode"),
+            "--termination", LaunchConfiguration("termination"),
             "--output", LaunchConfiguration("output"),
         ],
         output="screen",

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from autoprune_ros.runtime.configs import POLICIES, node_params
 from autoprune_sim.instructions import parse_schedule
+from autoprune_sim.metadrive_env import TERMINATION_RULES
 from autoprune_sim.metrics import RouteResult, paired_ratio, route_score, summarize
 from autoprune_sim.takeover import Takeover
 
@@ -68,7 +69,8 @@ def run_one(config: str, seed: int, args: argparse.Namespace, workdir: Path) -> 
     sim_env = dict(env, AMENT_PREFIX_PATH=str(sim_python.parent.parent))
     bridge_cmd = [str(sim_python), "-m", "autoprune_sim.metadrive_bridge", "--seed", str(seed), "--map", str(args.map),
                   "--ticks", str(args.ticks), "--mode", args.mode, "--traffic-density", str(args.traffic_density),
-                  "--control-timeout", str(args.control_timeout), "--output", str(out), "--progress",
+                  "--control-timeout", str(args.control_timeout), "--termination", args.termination,
+                  "--output", str(out), "--progress",
                   "--instruction-schedule", args.instruction_schedule]
     if config == EXPERT:
         bridge_cmd.append("--expert")
@@ -107,6 +109,17 @@ def _load(path: Path) -> dict:
     return {"runs": {}}
 
 
+def _mismatch(results: dict, args: argparse.Namespace) -> str | None:
+    """The option ("--mode sync") under which the kept runs were driven, if it differs from this invocation's: runs
+    driven under other conditions are not comparable, so a resume must not mix them."""
+    legacy = {"termination": "metadrive"} if results["runs"] else {}  # runs from before --termination existed
+    for key in ("mode", "termination"):
+        kept = results.get(key, legacy.get(key))
+        if kept is not None and kept != getattr(args, key):
+            return f"--{key} {kept}"
+    return None
+
+
 def _budget_of(config: str) -> str:
     return config.partition(":")[2] or ("all" if config == "none" else "-")
 
@@ -133,10 +146,15 @@ def report(results: dict, output_dir: Path) -> str:
                             "route completion %", "success", "collisions/km", "off-road routes", "mean speed m/s",
                             "comfort", "latency p50 ms", "p99 ms", "kept tokens"], rows)
     results["summary"] = summaries
-    (output_dir / "results.md").write_text(f"# Closed-loop results\n\n{table}\n\nmode: "
-                                           f"{results.get('mode', '?')}\n", encoding="utf-8")
+    (output_dir / "results.md").write_text(f"# Closed-loop results\n\n{table}\n\n{_conditions(results)}\n",
+                                           encoding="utf-8")
     _plots(by_config, summaries, output_dir)
     return table
+
+
+def _conditions(results: dict) -> str:
+    """The line under every table: what the runs were scored under."""
+    return f"mode: {results.get('mode', '?')}; termination: {results.get('termination', 'metadrive')}"
 
 
 def _vs_reference(routes: list[RouteResult], reference: list[RouteResult]) -> dict:
@@ -217,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=["sync", "latency"], default="sync")
     parser.add_argument("--ticks", type=int, default=600, help="tick limit per route (0.1 s each)")
     parser.add_argument("--traffic-density", type=float, default=0.1)
+    parser.add_argument("--termination", choices=TERMINATION_RULES, default="leaderboard",
+                        help="when a straying car's run ends: leaderboard (default) once its centre has left every "
+                             "lane, the distance outside the route's lanes charged; metadrive also at the first touch "
+                             "of a solid line or the sidewalk (docs/closed_loop.md, \"Termination rules\")")
     parser.add_argument("--latency-budget-ms", type=float, default=100.0, help="the node's latency budget")
     parser.add_argument("--model", default="tiny_drive",
                         help="the node's model: a bundled one (default tiny_drive, models/README.md), 'tiny' "
@@ -255,7 +277,13 @@ def main(argv: list[str] | None = None) -> int:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     results_path = args.output_dir / "results.json"
     results = _load(results_path) if args.resume else {"runs": {}}
+    mismatch = _mismatch(results, args)
+    if mismatch:
+        print(f"autoprune-closed-loop: {results_path} holds runs with {mismatch}; resume with the same option or "
+              "write to another --output-dir", file=sys.stderr)
+        return 2
     results["mode"] = args.mode
+    results["termination"] = args.termination
     results["instruction_schedule"] = args.instruction_schedule
     configs = ([] if args.no_expert else [EXPERT]) + list(args.configs)
     todo = [(c, s) for c in configs for s in args.seeds if f"{c}/seed{s}" not in results["runs"]]
@@ -276,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         results_path.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")  # resumable after each run
     table = report(results, args.output_dir) if results["runs"] else "(no finished runs)"
     results_path.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-    print(table + f"\n\nmode: {args.mode}; results in {results_path}, {args.output_dir / 'results.md'} and plots")
+    print(table + f"\n\n{_conditions(results)}; results in {results_path}, {args.output_dir / 'results.md'} and plots")
     return 1 if failures else 0
 
 

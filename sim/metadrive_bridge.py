@@ -12,6 +12,11 @@ Modes (every result says which):
   holding until then, latency being the node's measured pipeline time for that frame (its /autoprune/frame_stats,
   else the wall time between publishing the frame and receiving the control), so a slow model drives worse.
 
+Termination (--termination, recorded in every result): under the default "leaderboard" rule a straying run ends
+only when the car's centre has left every lane, and the distance driven outside the route's lanes (across the
+centre line) is charged as the Leaderboard charges it; "metadrive" also ends it at the first touch of a solid line
+or the sidewalk, MetaDrive's own rule.
+
 With --record DIR the run is expert-supervised and recorded as a training episode (supervised_recording.py): the
 node steers, MetaDrive's IDM expert keeps the speed and takes the wheel while the car strays from its lane.
 """
@@ -41,11 +46,21 @@ from autoprune_sim import ros_contract as contract
 from autoprune_sim.control_delay import ControlDelay
 from autoprune_sim.expert_policy import instructed_idm_policy
 from autoprune_sim.instructions import override_at, parse_schedule
-from autoprune_sim.metadrive_env import STEP_S, Route, YawRate, ego_state, frame_rgb, make_env
+from autoprune_sim.metadrive_env import (
+    STEP_S,
+    TERMINATION_RULES,
+    Route,
+    YawRate,
+    ego_state,
+    frame_rgb,
+    make_env,
+    off_road_cause,
+)
 from autoprune_sim.metrics import (
     COLLISION_LAYOUT,
     COLLISION_VEHICLE,
     OFF_ROAD,
+    OUTSIDE_ROUTE_LANES,
     ROUTE_TIMEOUT,
     VEHICLE_BLOCKED,
     Infraction,
@@ -102,7 +117,7 @@ def _md_action(control: tuple[float, float, float]) -> list[float]:
 def run(args: argparse.Namespace, stop_requested) -> RouteResult:
     supervised = args.record is not None
     env = make_env(args.seed, args.map, args.width, args.height, args.traffic_density, horizon=args.ticks + 10,
-                   expert=args.expert or supervised)
+                   expert=args.expert or supervised, termination=args.termination)
     if supervised:
         env.config["agent_policy"] = instructed_idm_policy()
     node = MetaDriveBridge(args)
@@ -127,6 +142,7 @@ def run(args: argparse.Namespace, stop_requested) -> RouteResult:
         node.status_pub.publish(CarlaStatus(frame=0, fixed_delta_seconds=STEP_S, synchronous_mode=True,
                                             synchronous_mode_running=True))
         instruction, still, tick, in_contact = None, 0, 0, set()
+        outside_m, outside_since = 0.0, None  # distance driven with the centre outside the route's lanes
         yaw_rate = YawRate(STEP_S)
         deadline = time.monotonic() + (0.0 if args.expert else args.wait_for_node)
         while node.count_subscribers(contract.CAMERA_TOPIC) == 0 and time.monotonic() < deadline:
@@ -190,8 +206,11 @@ def run(args: argparse.Namespace, stop_requested) -> RouteResult:
                 # The episode ends here, so route completion already stops; the penalty weighs only the
                 # stretch driven off the road (this tick), as the Leaderboard's share of the route outside lanes.
                 off_m = state.speed * STEP_S
-                infractions.append(Infraction(OFF_ROAD, sim_time, "out of road",
+                infractions.append(Infraction(OFF_ROAD, sim_time, off_road_cause(env.vehicle),
                                               value=100.0 * off_m / max(route.length_m, 1.0)))
+            elif env.vehicle.out_of_route:  # e.g. across the centre line: the Leaderboard's "outside route lanes"
+                outside_m += state.speed * STEP_S
+                outside_since = sim_time if outside_since is None else outside_since
             still = still + 1 if state.speed < 0.1 and tick > 20 else 0
             if args.progress and tick % PROGRESS_EVERY == 0:
                 print(PROGRESS_PREFIX + json.dumps({"tick": tick, "ticks": args.ticks, "completion": progress.value,
@@ -210,6 +229,9 @@ def run(args: argparse.Namespace, stop_requested) -> RouteResult:
         else:
             status = "Failed - route timeout"
             infractions.append(Infraction(ROUTE_TIMEOUT, args.ticks * STEP_S, "tick limit"))
+        if outside_m > 0.0:
+            infractions.append(Infraction(OUTSIDE_ROUTE_LANES, outside_since, "centre outside the route's lanes",
+                                          value=100.0 * outside_m / max(route.length_m, 1.0)))
         if status == "Completed" and not infractions:
             status = "Perfect"
         completion = 1.0 if status in ("Completed", "Perfect") else progress.value
@@ -225,6 +247,7 @@ def run(args: argparse.Namespace, stop_requested) -> RouteResult:
                            meta={"mode": "expert (MetaDrive IDM)" if args.expert else args.mode,
                                  "frame_resends": resends, "control_delay": delay.describe(),
                                  "simulator": "metadrive 0.3.0.1", "map": args.map,
+                                 "termination": args.termination,
                                  "traffic_density": args.traffic_density,
                                  "instruction_schedule": args.instruction_schedule, **recorded})
     finally:
@@ -243,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=["sync", "latency"], default="sync")
     parser.add_argument("--control-timeout", type=float, default=2.0, help="seconds to wait for each control")
     parser.add_argument("--wait-for-node", type=float, default=120.0, help="seconds to wait for a camera subscriber")
+    parser.add_argument("--termination", choices=TERMINATION_RULES, default="leaderboard",
+                        help="when a straying car's run ends: leaderboard (default) only once its centre has left "
+                             "every lane, charging the distance driven outside the route's lanes; metadrive also at "
+                             "the first touch of a solid line or the sidewalk (docs/closed_loop.md)")
     parser.add_argument("--width", type=int, default=160)
     parser.add_argument("--height", type=int, default=120)
     parser.add_argument("--traffic-density", type=float, default=0.1)

@@ -18,6 +18,11 @@ import numpy as np
 STEP_S = 0.1
 TURN_RAD = 0.6  # heading change ahead that counts as a turn (a 90-degree intersection turn is 1.57)
 TURN_LOOKAHEAD_M = 40.0  # announce a turn when its segment starts within this distance
+#: When a run ends because the car strays (docs/closed_loop.md, "Termination rules"):
+#: - "leaderboard": only when its centre has left every lane, as CARLA's Leaderboard 2.0 lets a car drive on while
+#:   it is outside the route's lanes and charges the distance (the bridge records it);
+#: - "metadrive": MetaDrive's own default, also as soon as the body touches a solid line or the sidewalk.
+TERMINATION_RULES = ("leaderboard", "metadrive")
 
 
 def _install_runtime_fixes() -> None:
@@ -40,8 +45,11 @@ def _install_runtime_fixes() -> None:
 
 
 def make_env(seed: int, map_spec: int | str = 3, width: int = 160, height: int = 120,
-             traffic_density: float = 0.1, horizon: int = 1000, expert: bool = False):
-    """A single-scenario MetaDriveEnv with a forward RGB camera; `expert` lets MetaDrive's IDM policy drive."""
+             traffic_density: float = 0.1, horizon: int = 1000, expert: bool = False, termination: str = "metadrive"):
+    """A single-scenario MetaDriveEnv with a forward RGB camera; `expert` lets MetaDrive's IDM policy drive;
+    `termination` is one of TERMINATION_RULES."""
+    if termination not in TERMINATION_RULES:
+        raise ValueError(f"unknown termination rule {termination!r}; known: {', '.join(TERMINATION_RULES)}")
     _install_runtime_fixes()
     from metadrive.envs import MetaDriveEnv
 
@@ -50,12 +58,23 @@ def make_env(seed: int, map_spec: int | str = 3, width: int = 160, height: int =
         vehicle_config=dict(image_source="rgb_camera", rgb_camera=(width, height), stack_size=1,
                             show_navi_mark=False),
         show_interface=False, show_logo=False, show_fps=False, rgb_clip=False, multi_thread_render=False,
-        show_terrain=False, show_skybox=False, traffic_density=traffic_density, map=map_spec, horizon=horizon)
+        show_terrain=False, show_skybox=False, traffic_density=traffic_density, map=map_spec, horizon=horizon,
+        on_continuous_line_done=termination == "metadrive")
     if expert:
         from metadrive.policy.idm_policy import IDMPolicy
 
         config["agent_policy"] = IDMPolicy
     return MetaDriveEnv(config)
+
+
+def off_road_cause(vehicle) -> str:
+    """Why MetaDrive called the car out of road at the last step, in words (line and sidewalk contact end a run
+    only under the "metadrive" rule)."""
+    if not vehicle.on_lane:
+        return "centre left every lane"
+    if vehicle.on_yellow_continuous_line or vehicle.on_white_continuous_line:
+        return "touched a solid line"
+    return "touched the sidewalk" if vehicle.crash_sidewalk else "out of road"
 
 
 def frame_rgb(obs: dict) -> np.ndarray:

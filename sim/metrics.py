@@ -13,7 +13,8 @@ How each infraction kind is counted by `penalty` (kinds are the `Infraction.kind
   of all such events of a route are added (they describe distinct stretches of the same route), clamped to
   [0, 100], and applied once as (1 - p/100). MetaDrive's `out_of_road` is recorded as `off_road` with the
   percentage of the route driven off-road; it also ends the episode, so route completion stops where the car left
-  the road (the bridge reports the completion reached by then).
+  the road (the bridge reports the completion reached by then). What counts as leaving the road depends on the
+  bridge's termination rule (`metadrive_env.TERMINATION_RULES`).
 - minimum speed: `value` is the ego's speed as a percentage of the surrounding traffic's; every event (the
   Leaderboard checks each checkpoint interval) multiplies by 1 - 0.3 x (1 - clamp(value, 0, 100)/100), e.g.
   40 % -> 0.82. `include_min_speed=False` drops it (Bench2Drive's DS).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,20 @@ def test_report_pairs_each_configuration_with_the_unpruned_runs(tmp_path) -> Non
     assert lo < 45.0 < hi and f"{lo:.1f}-{hi:.1f}" in (tmp_path / "results.md").read_text()
 
 
+@pytest.mark.parametrize(("kept", "option"), [({"mode": "sync"}, "--termination metadrive"),
+                                              ({"mode": "latency", "termination": "leaderboard"}, "--mode latency")])
+def test_resume_refuses_runs_driven_under_other_conditions(tmp_path, capsys, kept, option) -> None:
+    """Runs from before --termination existed ended at line contact: resuming them under the Leaderboard rule would
+    mix two scorings in one table."""
+    run = {"config": "none", "seed": 7, "wall_s": 1.0, "result": {}}
+    (tmp_path / "results.json").write_text(json.dumps({**kept, "runs": {"none/seed7": run}}))
+    args = ["--seeds", "7", "--configs", "none", "--output-dir", str(tmp_path), "--sim-python", sys.executable,
+            "--resume"]
+    assert main(args) == 2
+    assert f"holds runs with {option}" in capsys.readouterr().err
+    assert json.loads((tmp_path / "results.json").read_text())["runs"] == {"none/seed7": run}, "left as it was"
+
+
 @pytest.mark.sim
 @pytest.mark.ros
 def test_short_run_writes_results_and_resumes(tmp_path, capsys) -> None:
@@ -76,6 +91,8 @@ def test_short_run_writes_results_and_resumes(tmp_path, capsys) -> None:
     assert results["summary"]["expert"]["route_completion"] > 0
     for name in ("results.md", "score_latency_vs_budget.png", "trajectories_seed7.png"):
         assert (tmp_path / name).stat().st_size > 0
+    assert results["termination"] == "leaderboard" and node_run["meta"]["termination"] == "leaderboard"
+    assert "termination: leaderboard" in (tmp_path / "results.md").read_text()
     capsys.readouterr()
     assert main([*args, "--resume"]) == 0
     assert "2 finished runs kept" in capsys.readouterr().out

@@ -170,6 +170,7 @@ def test_carla_launch_defaults_are_the_bridge_defaults() -> None:
 
 def test_declared_choices_match_the_bridges() -> None:
     from autoprune_sim.carla_bridge import build_parser
+    from autoprune_sim.metadrive_env import TERMINATION_RULES
 
     parser_choices = {a.dest: list(a.choices) for a in build_parser()._actions if a.choices}
     for sim in LAUNCHES:
@@ -178,4 +179,5 @@ def test_declared_choices_match_the_bridges() -> None:
             if choices is not None and sim == "carla":
                 assert ast.literal_eval(choices) == parser_choices[call.args[0].value]
             elif choices is not None:
-                assert ast.literal_eval(choices) == ["sync", "latency"]
+                bridge_choices = {"mode": ["sync", "latency"], "termination": list(TERMINATION_RULES)}
+                assert ast.literal_eval(choices) == bridge_choices[call.args[0].value]

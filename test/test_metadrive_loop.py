@@ -64,17 +64,39 @@ def test_latency_mode_applies_late_controls_late(tmp_path) -> None:
     assert min(result["latencies_ms"]) >= 240.0
 
 
+def test_termination_rules_for_a_car_that_crosses_the_centre_line(tmp_path) -> None:
+    """A driver pulling left settles with its centre just across the centre line (the opposite lane). MetaDrive's
+    own rule ends the run when the body first touches that solid line; the Leaderboard's lets it drive on and
+    charges the distance driven outside the route's lanes."""
+    strict = _closed_loop(tmp_path / "metadrive", "sync", ticks=80, steer_bias=0.9,
+                          bridge_args=("--termination", "metadrive"))
+    assert strict["meta"]["termination"] == "metadrive"
+    assert strict["status"] == "Failed - off road" and strict["ticks"] < 40, (strict["status"], strict["ticks"])
+    (off_road,) = [i for i in strict["infractions"] if i["kind"] == "off_road"]
+    assert off_road["detail"] == "touched a solid line"
+    lenient = _closed_loop(tmp_path / "leaderboard", "sync", ticks=80, steer_bias=0.9)
+    assert lenient["meta"]["termination"] == "leaderboard", "the default rule"
+    assert lenient["status"] == "Failed - route timeout" and lenient["ticks"] == 80, lenient["status"]
+    kinds = {i["kind"]: i for i in lenient["infractions"]}
+    assert "off_road" not in kinds and "outside_route_lanes" in kinds, kinds
+    outside = kinds["outside_route_lanes"]
+    driven = sum(lenient["speeds_mps"]) * lenient["dt"]
+    assert 0.0 < outside["value"] < 100.0 * driven / lenient["length_m"], "a share of the distance driven"
+    assert lenient["completion"] > strict["completion"]
+
+
 def test_supervised_run_records_the_takeovers_as_a_training_episode(tmp_path) -> None:
     """A driver that pulls to the left: alone it leaves the road; supervised, the expert keeps taking the wheel
     back, and the run is a reference-labelled episode whose labels lead back to the lane."""
     from autoprune_ros.vla.dataset import episode_targets, read_episode
     from autoprune_sim.takeover import distance_to_path
 
-    alone = _closed_loop(tmp_path / "alone", "sync", ticks=150, steer_bias=0.6)
+    strict = ("--termination", "metadrive")  # "kept on the road" then means not even touching a solid line
+    alone = _closed_loop(tmp_path / "alone", "sync", ticks=150, steer_bias=0.6, bridge_args=strict)
     assert alone["status"] == "Failed - off road", alone["status"]
     record = tmp_path / "episodes"
     result = _closed_loop(tmp_path / "supervised", "sync", ticks=150, steer_bias=0.6,
-                          bridge_args=("--record", str(record)))
+                          bridge_args=("--record", str(record), *strict))
     assert result["status"] == "Failed - route timeout" and result["ticks"] == 150, "the expert kept it on the road"
     meta = json.loads((record / "seed00007_map3" / "episode.json").read_text())
     assert meta["kept"] and meta["targets"] == "reference" and meta["driver"] == "supervised"
