@@ -93,6 +93,21 @@ def test_relative_tolerance_and_regression_limits() -> None:
     assert [c.metric for c in more_tokens.regressions] == ["kept_tokens_mean"]
 
 
+def test_limits_on_metrics_where_more_is_better_are_floors() -> None:
+    """A model that predicts less of each turn is worse: a lateral gain under its limit fails, above it passes."""
+    limits = thresholds(reference={"lateral_gain": 0.5, "ok": 20}, regression={"lateral_gain": 0.05},
+                        relative={"lateral_gain": {"rel": 0.1, "abs": 0.0}})
+    base = report(lateral_gain=0.8)
+    better = evaluate(report(lateral_gain=0.9, ok=20), limits, base)
+    assert better.passed and len(better.checks) == 4
+    worse = evaluate(report(lateral_gain=0.7, ok=19), limits, base)
+    assert {(c.kind, c.metric): c.limit for c in worse.regressions} == {
+        ("reference", "ok"): 20, ("relative", "lateral_gain"): pytest.approx(0.72),
+        ("regression", "lateral_gain"): pytest.approx(0.75)}
+    alone = evaluate(report(lateral_gain=0.4, ok=20), limits)
+    assert [c.metric for c in alone.regressions] == ["lateral_gain"], "under the absolute floor"
+
+
 def test_configurations_missing_from_the_baseline_are_reported_not_failed() -> None:
     result = evaluate(report(config="fastv:32"), thresholds(drift={"steer_mae": 0.01}), report([frame(1)]))
     assert result.passed and result.checks[0].passed is None and "not in the baseline" in result.checks[0].note

@@ -2,12 +2,14 @@
 against a baseline report of the same bag. Thresholds come from a YAML file (config/replay/gate.yaml); a null
 threshold is not checked. Exit status of `autoprune-replay`: 1 when a check fails, else 0.
 
-Check kinds (per configuration):
+Check kinds (per configuration); limits are ceilings, except for the metrics where more is better
+(FLOOR_METRICS: `ok`, `lateral_gain`), where they are floors and the inequalities turn round:
 - reference:  summary metric <= limit (errors against the bag's references, latency, failed / missing frames);
 - drift:      mean difference between the two runs' outputs for the same frames (matched by stamp) <= limit;
 - relative:   summary metric <= baseline * (1 + rel) + abs (latency percentiles);
 - tolerance:  |summary metric - baseline| <= |baseline| * rel + abs (mean kept tokens);
-- regression: error against the bag's references <= baseline's error + tolerance.
+- regression: error against the bag's references <= baseline's error + tolerance (lateral gain >= baseline's -
+  tolerance).
 A check whose value cannot be computed (no reference topic, no frame in both runs, ...) is reported as skipped.
 """
 from __future__ import annotations
@@ -22,11 +24,23 @@ from typing import Any
 import numpy as np
 import yaml
 
-from autoprune_ros.replay.report import ERROR_METRICS, SCHEMA, SUMMARY_METRICS, waypoint_errors
+from autoprune_ros.replay.report import ERROR_METRICS, SCHEMA, SUMMARY_METRICS, TURN_METRICS, waypoint_errors
 
 DRIFT_METRICS = ("steer_mae", "target_speed_mae", "ade", "fde")
 SECTIONS = {"reference": ("reference",), "baseline": ("drift", "relative", "tolerance", "regression")}
 RELATIVE_KEYS = ("rel", "abs")
+#: Summary metrics where more is better: a limit on them is a floor.
+FLOOR_METRICS = frozenset({"ok", *TURN_METRICS})
+
+
+def _passes(metric: str):
+    """The comparison a value of `metric` must pass against its limit."""
+    return (lambda v, lim: v >= lim) if metric in FLOOR_METRICS else (lambda v, lim: v <= lim)
+
+
+def _margin(metric: str, margin: float) -> float:
+    """`margin` in the direction in which `metric` may get worse."""
+    return -margin if metric in FLOOR_METRICS else margin
 
 
 class GateError(ValueError):
@@ -105,7 +119,7 @@ def load_thresholds(path: str | Path) -> dict[str, dict[str, Any]]:
                         for k, v in _keys(data.get("reference"), SUMMARY_METRICS, f"{path}: reference").items()}
     baseline = _keys(data.get("baseline"), SECTIONS["baseline"], f"{path}: baseline")
     known = {"drift": DRIFT_METRICS, "relative": SUMMARY_METRICS, "tolerance": SUMMARY_METRICS,
-             "regression": ERROR_METRICS}
+             "regression": ERROR_METRICS + TURN_METRICS}
     for kind in SECTIONS["baseline"]:
         entries = _keys(baseline.get(kind), known[kind], f"{path}: baseline.{kind}")
         if kind in ("relative", "tolerance"):
@@ -168,7 +182,7 @@ def evaluate(report: Mapping[str, Any], thresholds: Mapping[str, Mapping[str, An
         summary = run["summary"]
         for metric, limit in thresholds.get("reference", {}).items():
             if limit is not None:
-                checks.append(_check(name, "reference", metric, summary.get(metric), limit, lambda v, lim: v <= lim))
+                checks.append(_check(name, "reference", metric, summary.get(metric), limit, _passes(metric)))
         if baseline is None:
             continue
         old = baseline["configs"].get(name)
@@ -198,8 +212,8 @@ def _baseline_checks(name: str, run: Mapping[str, Any], old: Mapping[str, Any],
             if ref is None:
                 checks.append(Check(name, kind, metric, summary.get(metric), None, None, "no baseline value"))
             elif kind == "relative":
-                limit = ref * (1 + spec["rel"]) + spec["abs"]
-                checks.append(_check(name, kind, metric, summary.get(metric), limit, lambda v, lim: v <= lim))
+                limit = ref + _margin(metric, abs(ref) * spec["rel"] + spec["abs"])
+                checks.append(_check(name, kind, metric, summary.get(metric), limit, _passes(metric)))
             elif kind == "tolerance":
                 limit = abs(ref) * spec["rel"] + spec["abs"]
                 check = _check(name, kind, metric, summary.get(metric), limit,
@@ -207,7 +221,8 @@ def _baseline_checks(name: str, run: Mapping[str, Any], old: Mapping[str, Any],
                 check.note = check.note or f"|value - baseline {ref:.4g}| <= limit"
                 checks.append(check)
             else:
-                checks.append(_check(name, kind, metric, summary.get(metric), ref + spec, lambda v, lim: v <= lim))
+                checks.append(_check(name, kind, metric, summary.get(metric), ref + _margin(metric, spec),
+                                     _passes(metric)))
     return checks
 
 
