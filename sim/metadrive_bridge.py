@@ -14,8 +14,9 @@ Modes (every result says which):
 
 Termination (--termination, recorded in every result): under the default "leaderboard" rule a straying run ends
 only when the car's centre has left every lane, and the distance driven outside the route's lanes (across the
-centre line) is charged as the Leaderboard charges it; "metadrive" also ends it at the first touch of a solid line
-or the sidewalk, MetaDrive's own rule.
+centre line, or on a road the route does not take) is charged as the Leaderboard charges it; "metadrive" also ends
+it at the first touch of a solid line or the sidewalk, MetaDrive's own rule. Under both, a car more than 30 m from
+the route ends it (route deviation).
 
 With --record DIR the run is expert-supervised and recorded as a training episode (supervised_recording.py): the
 node steers, MetaDrive's IDM expert keeps the speed and takes the wheel while the car strays from its lane.
@@ -47,6 +48,7 @@ from autoprune_sim.control_delay import ControlDelay
 from autoprune_sim.expert_policy import instructed_idm_policy
 from autoprune_sim.instructions import override_at, parse_schedule
 from autoprune_sim.metadrive_env import (
+    ROUTE_DEVIATION_M,
     STEP_S,
     TERMINATION_RULES,
     Route,
@@ -61,6 +63,7 @@ from autoprune_sim.metrics import (
     COLLISION_VEHICLE,
     OFF_ROAD,
     OUTSIDE_ROUTE_LANES,
+    ROUTE_DEVIATION,
     ROUTE_TIMEOUT,
     VEHICLE_BLOCKED,
     Infraction,
@@ -208,7 +211,8 @@ def run(args: argparse.Namespace, stop_requested) -> RouteResult:
                 off_m = state.speed * STEP_S
                 infractions.append(Infraction(OFF_ROAD, sim_time, off_road_cause(env.vehicle),
                                               value=100.0 * off_m / max(route.length_m, 1.0)))
-            elif env.vehicle.out_of_route:  # e.g. across the centre line: the Leaderboard's "outside route lanes"
+            deviation_m, in_route_lane = route.deviation(env)
+            if not in_route_lane and not info.get("out_of_road"):  # e.g. across the centre line
                 outside_m += state.speed * STEP_S
                 outside_since = sim_time if outside_since is None else outside_since
             still = still + 1 if state.speed < 0.1 and tick > 20 else 0
@@ -221,6 +225,10 @@ def run(args: argparse.Namespace, stop_requested) -> RouteResult:
             if done:
                 status = "Failed - " + ("collision" if info.get("crash") else "off road" if info.get("out_of_road")
                                         else "episode ended")
+                break
+            if deviation_m > ROUTE_DEVIATION_M:
+                infractions.append(Infraction(ROUTE_DEVIATION, sim_time, f"{deviation_m:.0f} m from the route"))
+                status = "Failed - route deviation"
                 break
             if still >= STUCK_TICKS:
                 infractions.append(Infraction(VEHICLE_BLOCKED, sim_time, "stuck"))

@@ -23,6 +23,7 @@ TURN_LOOKAHEAD_M = 40.0  # announce a turn when its segment starts within this d
 #:   it is outside the route's lanes and charges the distance (the bridge records it);
 #: - "metadrive": MetaDrive's own default, also as soon as the body touches a solid line or the sidewalk.
 TERMINATION_RULES = ("leaderboard", "metadrive")
+ROUTE_DEVIATION_M = 30.0  # Leaderboard 2.0: a car farther than this from its route ends the route (both rules)
 
 
 def _install_runtime_fixes() -> None:
@@ -129,9 +130,19 @@ class Route:
         navigation = env.vehicle.navigation
         self.checkpoints = list(navigation.checkpoints)
         graph = env.current_map.road_network.graph
-        self.lanes = [graph[a][b][0] for a, b in pairwise(self.checkpoints)]
+        self.segments = [list(graph[a][b]) for a, b in pairwise(self.checkpoints)]  # every lane of each segment
+        self.lanes = [lanes[0] for lanes in self.segments]
         self.segment_lengths = [float(lane.length) for lane in self.lanes]
         self.length_m = float(sum(self.segment_lengths))
+
+    def deviation(self, env) -> tuple[float, bool]:
+        """(metres from the car's centre to the nearest centre line of the route's lanes, whether the centre is
+        inside one of those lanes): the Leaderboard's route deviation and "outside route lanes", measured on the
+        route itself (MetaDrive's own `out_of_route` keeps judging against the last route lanes the car was on,
+        so it stays set on any road the car strays onto)."""
+        position = env.vehicle.position
+        gaps = [(float(lane.distance(position)), lane.width / 2) for lanes in self.segments for lane in lanes]
+        return min(gap for gap, _ in gaps), any(gap <= half for gap, half in gaps)
 
     def locate(self, env) -> tuple[int | None, float]:
         """(segment index, longitudinal position on it), or (None, 0) inside a junction off the route's lanes."""
