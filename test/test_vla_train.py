@@ -516,3 +516,45 @@ def test_fine_tuning_starts_from_a_model_and_reads_several_folders(tmp_path: Pat
                   ["--init", str(tmp_path / "a"), "--config", str(small_config)]):
         with pytest.raises(SystemExit):
             main(["--data", str(data), *base, *extra, "--output", str(tmp_path / "c")])
+
+
+def test_pruned_samples_train_through_the_node_s_pruned_prefill(small_config: Path) -> None:
+    """A pruned sample's hidden state is the inference path's for the same frame and pruning, it has gradients
+    into the decoder, and the vision probe still sees every sample's visual tokens in batch order."""
+    import random
+
+    import torch
+
+    from autoprune_ros.pruning.policies import AutoPrune
+    from autoprune_ros.vla.builder import build_tiny_vla
+    from autoprune_ros.vla.pruning_aware import PrunedSamples, fixed_budget_configs
+    from autoprune_ros.vla.train import Objective, _encode_mixed, encode_batch
+    from autoprune_ros.vla.vision_probe import ProjectorTap
+
+    policy = build_tiny_vla(small_config, seed=3)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(3)]
+    batch = (images, ["go", "turn left", "stop"], [3.0, 4.0, 5.0], [0.0, 0.1, -0.2])
+    budget = policy.visual_tokens_per_image // 4
+    pruned = PrunedSamples(0.5, fixed_budget_configs([f"autoprune:{budget}"]), random.Random(0))
+    plans = PrunedSamples(0.5, pruned.configs, random.Random(0)).draw(3, 2, policy.visual_tokens_per_image)
+    assert any(plans) and not all(plans), "the seed draws a mixed batch"
+    tap = ProjectorTap(policy.model.model)
+    hidden = _encode_mixed(policy, batch, Objective(tap=tap, pruned=pruned))
+    mixed_features = tap.features
+    with torch.no_grad():
+        plain = encode_batch(policy, *batch)
+        plain_features = tap.features
+        expected = torch.stack([
+            plain[i] if plan is None else policy._encode([images[i]], batch[1][i], batch[2][i],
+                                                         pruning=AutoPrune(budget), yaw_rate_rps=batch[3][i])[0]
+            for i, plan in enumerate(plans)])
+    tap.close()
+    torch.testing.assert_close(hidden.detach(), expected, atol=1e-4, rtol=1e-4)
+    assert all(((hidden[i] - plain[i]).abs().amax() > 1e-4) == (plan is not None) for i, plan in enumerate(plans))
+    torch.testing.assert_close(mixed_features.detach(), plain_features, atol=1e-5, rtol=1e-5)
+    hidden.sum().backward()
+    decoder = policy.model.model.language_model.layers[-1].mlp.down_proj.weight
+    assert decoder.grad is not None and decoder.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="<policy>:<tokens>"):
+        fixed_budget_configs(["autoprune:governed"])

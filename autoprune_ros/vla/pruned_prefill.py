@@ -254,8 +254,10 @@ class PruningSession:
             self.counts.append(self.policy.planned_count(index, len(visual_pos)))
             return None
         probs = self._rows(index, need, module, hidden)
-        view = LayerView(index, self.family.num_layers, probs[..., visual_pos], hidden[0, visual_pos],
-                         self.cls_attention if index == 0 else None)
+        # The scores only pick tokens (discrete, no gradient); the kept and merged hidden states keep theirs.
+        cls = self.cls_attention if index == 0 else None
+        view = LayerView(index, self.family.num_layers, probs[..., visual_pos].detach(), hidden[0, visual_pos],
+                         None if cls is None else cls.detach())
         decision = self.policy.decide(view)
         if decision is None:
             self.counts.append(len(visual_pos))

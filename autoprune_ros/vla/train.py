@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import sys
 import time
 from collections import Counter
@@ -69,7 +70,7 @@ def encode_batch(policy: VLAPolicy, images: Sequence[np.ndarray], instructions: 
 class Objective:
     """What the loss weighs: the target-speed term, the lateral (y) waypoint error against the longitudinal one,
     and the training-only vision probe (`vision_probe.py`; `probe` and `tap` are None when `aux_weight` is 0);
-    and what the policy sees: `dropout` of visual tokens, or None."""
+    and what the policy sees: `dropout` of visual tokens, `pruned` samples (`pruning_aware.py`), or None."""
 
     speed_weight: float = 1.0
     lateral_weight: float = 1.0
@@ -77,6 +78,7 @@ class Objective:
     probe: Any = None
     tap: Any = None
     dropout: TokenDropout | None = None
+    pruned: Any = None  # pruning_aware.PrunedSamples, or None
 
 
 def action_loss(pred_waypoints: torch.Tensor, pred_speed: torch.Tensor, waypoints: torch.Tensor,
@@ -95,10 +97,41 @@ def _probe_loss(objective: Objective, waypoints: torch.Tensor, target_speeds: to
                        objective)
 
 
+def _encode_mixed(policy: VLAPolicy, batch: tuple, objective: Objective) -> torch.Tensor:
+    """`encode_batch` for the unpruned samples and `pruning_aware.encode_pruned` one by one for those
+    `objective.pruned` draws, in batch order; the tap, if any, is left holding every sample's visual tokens."""
+    import torch
+
+    from .pruning_aware import encode_pruned
+
+    images, instructions, speeds, yaw_rates = batch[:4]
+    plans = ([None] * len(images) if objective.pruned is None else
+             objective.pruned.draw(len(images), policy.model.config.text_config.num_hidden_layers,
+                                   policy.visual_tokens_per_image))
+    plain = [i for i, plan in enumerate(plans) if plan is None]
+    if len(plain) == len(images):
+        return encode_batch(policy, images, instructions, speeds, yaw_rates, objective.dropout)
+    hidden: list[Any] = [None] * len(images)
+    features: list[Any] = [None] * len(images)
+    if plain:
+        out = encode_batch(policy, *([column[i] for i in plain] for column in (images, instructions, speeds,
+                                                                               yaw_rates)), objective.dropout)
+        for row, i in enumerate(plain):
+            hidden[i] = out[row]
+            features[i] = None if objective.tap is None else objective.tap.features[row]
+    for i, plan in enumerate(plans):
+        if plan is not None:
+            hidden[i] = encode_pruned(policy, images[i], instructions[i], speeds[i], yaw_rates[i], plan)
+            features[i] = None if objective.tap is None else objective.tap.features[0]
+    if objective.tap is not None:
+        objective.tap.features = torch.stack(features)
+    return torch.stack(hidden)
+
+
 def batch_loss(policy: VLAPolicy, batch: tuple, objective: Objective) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(the policy's action loss, the vision probe's loss on the same targets or None without a probe)."""
-    images, instructions, speeds, yaw_rates, waypoints, target_speeds = batch
-    hidden = encode_batch(policy, images, instructions, speeds, yaw_rates, objective.dropout)
+    _, _, _, _, waypoints, target_speeds = batch
+    hidden = _encode_mixed(policy, batch, objective)
     pred_waypoints, pred_speed = policy.head(hidden.float())
     main = action_loss(pred_waypoints, pred_speed, waypoints, target_speeds, objective)
     if objective.probe is None:
@@ -158,6 +191,14 @@ def _parser() -> argparse.ArgumentParser:
                              "that the model keeps driving when they are pruned (default 0: off)")
     parser.add_argument("--visual-keep-min", type=float, default=0.1,
                         help="least fraction of visual tokens a --visual-dropout sample keeps (uniform up to 1)")
+    parser.add_argument("--pruned-share", type=float, default=0.0,
+                        help="share of training samples whose prefill is pruned as the node prunes it (one at a "
+                             "time, about 1.3x the cost of a batched sample), by a configuration drawn from "
+                             "--pruned-configs: pruning-aware training (default 0: off; docs/training.md)")
+    parser.add_argument("--pruned-configs", nargs="+", default=["autoprune:22", "autoprune:43", "autoprune:65"],
+                        metavar="POLICY:TOKENS",
+                        help="pruning configurations for --pruned-share, drawn uniformly per sample (default "
+                             "autoprune:22 autoprune:43 autoprune:65)")
     parser.add_argument("--frame-stride", type=int, default=1,
                         help="train each epoch on every N-th frame, the offset moving on by one each epoch")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="fraction of episode seeds held out")
@@ -181,9 +222,15 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
         value = getattr(args, name)
         if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
             parser.error(f"--{name.replace('_', '-')} must be a finite number >= 0 (lr > 0), got {value}")
-    for name in ("mirror_prob", "instruction_balance", "visual_dropout"):
+    for name in ("mirror_prob", "instruction_balance", "visual_dropout", "pruned_share"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             parser.error(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
+    from .pruning_aware import fixed_budget_configs
+
+    try:
+        args.pruned_configs = [c.name for c in fixed_budget_configs(args.pruned_configs)]
+    except ValueError as exc:
+        parser.error(f"--pruned-configs: {exc}")
     if not 0.0 < args.visual_keep_min <= 1.0:
         parser.error(f"--visual-keep-min must be in (0, 1], got {args.visual_keep_min}")
     if not 0.0 <= args.val_fraction < 1.0:
@@ -219,8 +266,9 @@ def _mean_loss(loader: Any, loss: Callable[[tuple], Any]) -> float | None:
 
 
 def _evaluate(policy: VLAPolicy, loader: Any, objective: Objective) -> float | None:
-    """The policy's mean action loss over `loader`, unpruned (the probe and the token dropout are not run)."""
-    objective = replace(objective, probe=None, tap=None, dropout=None)
+    """The policy's mean action loss over `loader`, unpruned (the probe, the token dropout and pruned samples are
+    not run)."""
+    objective = replace(objective, probe=None, tap=None, dropout=None, pruned=None)
     return _mean_loss(loader, lambda batch: batch_loss(policy, batch, objective)[0])
 
 
@@ -346,6 +394,11 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     if args.visual_dropout > 0:
         objective.dropout = TokenDropout(args.visual_dropout, args.visual_keep_min,
                                          torch.Generator().manual_seed(args.seed + 1))
+    if args.pruned_share > 0:
+        from .pruning_aware import PrunedSamples, fixed_budget_configs
+
+        objective.pruned = PrunedSamples(args.pruned_share, fixed_budget_configs(args.pruned_configs),
+                                         random.Random(args.seed + 2))
     if args.aux_vision_weight > 0:
         torch.manual_seed(args.seed)
         objective.probe = VisionProbe(policy.visual_tokens_per_image, policy.model.config.text_config.hidden_size,
@@ -365,7 +418,8 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         f"{args.epochs} epochs x {math.ceil(epoch_samples[0] / args.batch_size)} steps of "
         f"batch {args.batch_size} (frame stride {args.frame_stride}, mirror probability {args.mirror_prob}, "
         f"instruction balance {args.instruction_balance}, visual dropout {args.visual_dropout} keeping >= "
-        f"{args.visual_keep_min}), {args.threads} threads")
+        f"{args.visual_keep_min}, pruned share {args.pruned_share} of {' '.join(args.pruned_configs)}), "
+        f"{args.threads} threads")
 
     def loaders(epoch: int) -> Any:
         """The shuffled (or instruction-balanced) training batches of `epoch`."""
@@ -405,7 +459,8 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
                                                           "speed_weight", "lateral_weight", "aux_vision_weight",
                                                           "mirror_prob", "instruction_balance", "visual_dropout",
                                                           "visual_keep_min", "frame_stride", "val_fraction",
-                                                          "freeze_vision", "threads", "vision_epochs")},
+                                                          "freeze_vision", "threads", "vision_epochs",
+                                                          "pruned_share", "pruned_configs")},
         "data": [_portable(d) for d in args.data],
         "init": None if init is None else _portable(init),
         "config_file": _portable(args.config),
