@@ -558,3 +558,15 @@ def test_pruned_samples_train_through_the_node_s_pruned_prefill(small_config: Pa
     assert decoder.grad is not None and decoder.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="<policy>:<tokens>"):
         fixed_budget_configs(["autoprune:governed"])
+
+
+@pytest.mark.parametrize("extra", [["--pruned-configs", "none"], ["--pruned-configs", "fastv:governed"],
+                                   ["--pruned-configs", "sparse:22"], ["--pruned-share", "1.5"]])
+def test_bad_pruning_aware_arguments_are_refused(tmp_path: Path, capsys, extra: list[str]) -> None:
+    from autoprune_ros.vla.train import _check_args, _parser
+
+    parser = _parser()
+    args = parser.parse_args(["--data", str(tmp_path), "--output", str(tmp_path / "out"), *extra])
+    with pytest.raises(SystemExit):
+        _check_args(args, parser)
+    assert "--pruned-" in capsys.readouterr().err
