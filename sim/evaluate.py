@@ -134,7 +134,7 @@ def report(results: dict, output_dir: Path) -> str:
     rows, summaries = [], {}
     for config, routes in by_config.items():
         s = summaries[config] = summarize(routes)
-        if config != "none" and "none" in by_config:
+        if config not in ("none", EXPERT) and "none" in by_config:  # the expert is the reference, not a pruning
             s["driving_score_vs_none"] = _vs_reference(routes, by_config["none"])
         collisions = sum(s[f"collisions_{kind}_per_km"] for kind in ("vehicle", "layout", "pedestrian"))
         rows.append([config, _budget_of(config), len(routes), f"{s['driving_score']:.1f}",

@@ -47,6 +47,7 @@ def test_report_pairs_each_configuration_with_the_unpruned_runs(tmp_path) -> Non
     runs = {f"none/seed{s}": run("none", s, c) for s, c in completions.items()}
     runs |= {f"pdrop:22/seed{s}": run("pdrop:22", s, 0.5 * c) for s, c in completions.items()}
     runs["pdrop:22/seed9"] = run("pdrop:22", 9, 1.0)  # no unpruned run on this seed: not paired
+    runs |= {f"expert/seed{s}": run("expert", s, 1.0) for s in completions}
     results = {"runs": runs, "mode": "sync"}
     table = report(results, tmp_path)
     pruned = results["summary"]["pdrop:22"]
@@ -54,6 +55,7 @@ def test_report_pairs_each_configuration_with_the_unpruned_runs(tmp_path) -> Non
     assert pruned["driving_score_vs_none"]["ratio"] == pytest.approx(0.5)  # each paired route kept half
     assert pruned["driving_score_vs_none"]["low"] == pytest.approx(0.5)
     assert "driving_score_vs_none" not in results["summary"]["none"]
+    assert "driving_score_vs_none" not in results["summary"]["expert"], "the reference is not a share of the model"
     assert "DS / none (95% CI)" in table and "| 50% (50-50%) |" in table
     lo, hi = results["summary"]["none"]["driving_score_ci95"]
     assert lo < 45.0 < hi and f"{lo:.1f}-{hi:.1f}" in (tmp_path / "results.md").read_text()
