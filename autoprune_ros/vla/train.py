@@ -193,8 +193,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="least fraction of visual tokens a --visual-dropout sample keeps (uniform up to 1)")
     parser.add_argument("--pruned-share", type=float, default=0.0,
                         help="share of training samples whose prefill is pruned as the node prunes it (one at a "
-                             "time, about 1.3x the cost of a batched sample), by a configuration drawn from "
-                             "--pruned-configs: pruning-aware training (default 0: off; docs/training.md)")
+                             "time, so without batching), by a configuration drawn from --pruned-configs: "
+                             "pruning-aware training (default 0: off; docs/training.md)")
     parser.add_argument("--pruned-configs", nargs="+", default=["autoprune:22", "autoprune:43", "autoprune:65"],
                         metavar="POLICY:TOKENS",
                         help="pruning configurations for --pruned-share, drawn uniformly per sample (default "
