@@ -14,13 +14,17 @@ SIM_PYTHON = Path(__file__).resolve().parent.parent / ".venv-sim" / "bin" / "pyt
 pytestmark = pytest.mark.sim
 
 
-def test_metadrive_rclpy_and_messages_import_in_the_sim_env() -> None:
+def _sim_env() -> dict[str, str]:
+    """The environment to run SIM_PYTHON in; skips (fails under AUTOPRUNE_REQUIRE_SIM=1) without .venv-sim."""
     if not SIM_PYTHON.exists():
         if os.environ.get("AUTOPRUNE_REQUIRE_SIM") == "1":
             pytest.fail(".venv-sim is missing although `make test` builds it: run `make setup-sim`")
         pytest.skip(".venv-sim not built (make setup-sim)")
-    env = ros_environment()
-    env["AMENT_PREFIX_PATH"] = str(SIM_PYTHON.parent.parent)
+    return dict(ros_environment(), AMENT_PREFIX_PATH=str(SIM_PYTHON.parent.parent))
+
+
+def test_metadrive_rclpy_and_messages_import_in_the_sim_env() -> None:
+    env = _sim_env()
     code = ("import metadrive, numpy, rclpy, autoprune_sim; from carla_msgs.msg import CarlaEgoVehicleControl; "
             "from rosgraph_msgs.msg import Clock; print('numpy', numpy.__version__)")
     result = subprocess.run([str(SIM_PYTHON), "-c", code], env=env, capture_output=True, text=True, timeout=180)
@@ -32,12 +36,7 @@ def test_route_distance_measures_how_far_the_car_has_left_its_route() -> None:
     """What the bridge scores the car's place by: its distance from the route's lane centre lines (beyond
     ROUTE_DEVIATION_M the route ends, the Leaderboard's route deviation) and whether it is inside a lane of the
     route (else it drives "outside route lanes")."""
-    if not SIM_PYTHON.exists():
-        if os.environ.get("AUTOPRUNE_REQUIRE_SIM") == "1":
-            pytest.fail(".venv-sim is missing although `make test` builds it: run `make setup-sim`")
-        pytest.skip(".venv-sim not built (make setup-sim)")
-    env = ros_environment()
-    env["AMENT_PREFIX_PATH"] = str(SIM_PYTHON.parent.parent)
+    env = _sim_env()
     code = """
 from autoprune_sim.metadrive_env import ROUTE_DEVIATION_M, Route, make_env
 env = make_env(7, 3, 64, 48, 0.0, horizon=50)
