@@ -205,15 +205,15 @@ def run(args: argparse.Namespace, stop_requested) -> RouteResult:
                 if info.get(flag) and flag not in in_contact:  # one infraction per collision, not per tick
                     infractions.append(Infraction(kind, sim_time, flag))
             in_contact = {flag for flag in ("crash_vehicle", "crash_object", "crash_building") if info.get(flag)}
+            step_m = state.speed * STEP_S
+            deviation_m, in_route_lane = route.deviation(env)
             if info.get("out_of_road"):
                 # The episode ends here, so route completion already stops; the penalty weighs only the
                 # stretch driven off the road (this tick), as the Leaderboard's share of the route outside lanes.
-                off_m = state.speed * STEP_S
                 infractions.append(Infraction(OFF_ROAD, sim_time, off_road_cause(env.vehicle),
-                                              value=100.0 * off_m / max(route.length_m, 1.0)))
-            deviation_m, in_route_lane = route.deviation(env)
-            if not in_route_lane and not info.get("out_of_road"):  # e.g. across the centre line
-                outside_m += state.speed * STEP_S
+                                              value=100.0 * step_m / max(route.length_m, 1.0)))
+            elif not in_route_lane:  # e.g. across the centre line
+                outside_m += step_m
                 outside_since = sim_time if outside_since is None else outside_since
             still = still + 1 if state.speed < 0.1 and tick > 20 else 0
             if args.progress and tick % PROGRESS_EVERY == 0:
