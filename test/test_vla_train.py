@@ -507,6 +507,9 @@ def test_fine_tuning_starts_from_a_model_and_reads_several_folders(tmp_path: Pat
     report = json.loads((tmp_path / "b" / "training.json").read_text(encoding="utf-8"))
     first = json.loads((tmp_path / "a" / "training.json").read_text(encoding="utf-8"))
     assert report["init"] == str(tmp_path / "a") and len(report["data"]) == 3
+    assert first["init_training"] is None and first["recipe_seconds"] == first["total_seconds"]
+    assert report["init_training"] == first, "a fine-tune keeps the record of the run it started from"
+    assert report["recipe_seconds"] == pytest.approx(first["total_seconds"] + report["total_seconds"])
     assert sorted(report["train_seeds"] + report["val_seeds"]) == [11, 12], "both folders, each episode once"
     assert report["train_samples"] + report["val_samples"] < first["train_samples"] + first["val_samples"]
     wa, wb, fresh = _weights(tmp_path / "a"), _weights(tmp_path / "b"), _weights(tmp_path / "fresh")

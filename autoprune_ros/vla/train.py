@@ -477,9 +477,21 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         "total_seconds": time.perf_counter() - start,
         "torch": torch.__version__,
     }
+    report.update(_recipe(init, report["total_seconds"]))
     (args.output / TRAINING_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     log(f"saved to {args.output} in {report['total_seconds']:.0f} s")
     return report
+
+
+def _recipe(init: Path | None, seconds: float) -> dict[str, Any]:
+    """The record of the run that `--init` started from, and the seconds of the whole chain of runs that produced
+    these weights: what it takes to reproduce them from scratch (a model without a record counts for nothing)."""
+    if init is None:
+        return {"init_training": None, "recipe_seconds": seconds}
+    path = init / TRAINING_FILE
+    base = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    base_seconds = 0.0 if base is None else float(base.get("recipe_seconds", base.get("total_seconds", 0.0)))
+    return {"init_training": base, "recipe_seconds": base_seconds + seconds}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
