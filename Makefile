@@ -19,7 +19,7 @@ help:
 	@echo "make demo   set everything up, then run the demo on the bundled defaults"
 	@echo "make test   set everything up, then run ruff and the test suite"
 	@echo "make setup  only set up: .venv (main), .venv-sim (simulator), interface packages"
-	@echo "make model  re-record the expert data and retrain the bundled driving VLA (about 1.5 h on 2 cores with -j2: 30 min of recording, 55 min of training)"
+	@echo "make model  re-record the expert data and retrain the bundled driving VLA (about 1.5 h on 2 cores with -j2: 30-40 min of recording, 56 min of training)"
 	@echo "make lint   ruff only;  make clean: build outputs;  make distclean: also both environments"
 
 setup: setup-main setup-sim
