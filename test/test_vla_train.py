@@ -377,7 +377,7 @@ def test_lateral_weight_and_vision_probe(small_config: Path) -> None:
     patch = next(w for n, w in policy.model.model.vision_tower.named_parameters() if "patch_embedding" in n)
     assert patch.grad is not None and patch.grad.abs().sum() > 0
     assert probe.reduce.weight.grad is not None and all(w.grad is None for w in policy.head.parameters())
-    assert math.isfinite(float(main))
+    assert math.isfinite(float(main.detach()))
     tap.close()
     with pytest.raises(ValueError, match="visual tokens"):
         probe(torch.zeros(1, 5, policy.model.config.text_config.hidden_size))
