@@ -376,7 +376,7 @@ class RosIO:
             CarlaStatus,
         )
         from diagnostic_msgs.msg import DiagnosticStatus
-        from nav_msgs.msg import Odometry
+        from nav_msgs.msg import Odometry, Path
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.signals import SignalHandlerOptions
         from rosgraph_msgs.msg import Clock
@@ -397,6 +397,7 @@ class RosIO:
             rc.COLLISION_TOPIC: (CarlaCollisionEvent, rc.EVENT_QOS),
             rc.LANE_INVASION_TOPIC: (CarlaLaneInvasionEvent, rc.EVENT_QOS),
             rc.STATUS_TOPIC: (CarlaStatus, rc.SENSOR_QOS), rc.INSTRUCTION_TOPIC: (String, rc.LATCHED_QOS),
+            rc.ROUTE_TOPIC: (Path, rc.LATCHED_QOS),
         }
         self._pubs = {topic: self.node.create_publisher(t, topic, qos) for topic, (t, qos) in topics.items()}
         self.on_control: Callable[[Any], None] = lambda msg: None
@@ -645,6 +646,8 @@ class CarlaBridge:
             junction = [self._is_junction(p) for p in dense]
             st.tracker = RouteTracker(dense)
             st.instructions = plan_instructions(dense, junction, lookahead_m=cfg.lookahead_m, turn_deg=cfg.turn_deg)
+            # the whole route once, latched, as the CARLA ROS bridge's waypoint publisher does (ROS axes: y mirrored)
+            self.io.publish(rc.ROUTE_TOPIC, rc.path_msg(np.column_stack((dense[:, 0], -dense[:, 1])), 0.0))
             spawn = self._spawn_transform(dense)
         else:
             points = self.map.get_spawn_points()

@@ -3,8 +3,9 @@
     .venv-sim/bin/python -m autoprune_sim.metadrive_bridge --seed 7 --ticks 300 --output result.json
 
 Each tick (0.1 s of sim time) publishes /clock, the front camera (rgb8), odometry, the route's next navigation
-command as the instruction, and a lane-state pseudo-sensor, all stamped with the tick's sim time; then waits for
-the CarlaEgoVehicleControl stamped with that time (or a timeout, counted) and steps the simulator with it.
+command as the instruction, the route ahead (its lane's centreline for 60 m, on /carla/hero/waypoints) and a
+lane-state pseudo-sensor, all stamped with the tick's sim time; then waits for the CarlaEgoVehicleControl stamped
+with that time (or a timeout, counted) and steps the simulator with it.
 
 Modes (every result says which):
 - sync: the control answering tick t drives tick t; the simulator waits for the model, so latency never hurts;
@@ -34,6 +35,7 @@ import rclpy
 from carla_msgs.msg import CarlaEgoVehicleControl, CarlaStatus
 from diagnostic_msgs.msg import DiagnosticStatus
 from nav_msgs.msg import Odometry
+from nav_msgs.msg import Path as NavPath
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -70,6 +72,7 @@ from autoprune_sim.metrics import (
     ProgressTracker,
     RouteResult,
 )
+from autoprune_sim.reference_path import RouteLane, lane_ahead
 from autoprune_sim.takeover import Takeover
 
 LANE_STATE_TOPIC = "/metadrive/hero/lane_state"  # [lateral offset m (left +), heading error rad (left +), speed m/s]
@@ -93,6 +96,7 @@ class MetaDriveBridge(Node):
         self.instruction_pub = self.create_publisher(String, contract.INSTRUCTION_TOPIC, latched)
         self.lane_pub = self.create_publisher(Float32MultiArray, LANE_STATE_TOPIC, 10)
         self.status_pub = self.create_publisher(CarlaStatus, contract.STATUS_TOPIC, latched)
+        self.route_pub = self.create_publisher(NavPath, contract.ROUTE_TOPIC, contract.LATCHED_QOS)
         self.controls: dict[int, tuple[CarlaEgoVehicleControl, float]] = {}  # stamp ns -> (msg, arrival)
         self.latencies_ms: dict[int, float] = {}
         self.kept_tokens: dict[int, float] = {}  # mean visual tokens kept per decoder layer, per frame
@@ -135,6 +139,7 @@ def run(args: argparse.Namespace, stop_requested) -> RouteResult:
     try:
         obs = env.reset()
         route = Route(env)
+        route_lane = RouteLane()
         if supervised:
             from autoprune_sim.supervised_recording import SupervisedRecording
 
@@ -166,6 +171,7 @@ def run(args: argparse.Namespace, stop_requested) -> RouteResult:
             node.odom_pub.publish(contract.odometry_msg(state.x, state.y, state.yaw, state.speed, 0.0,
                                                         yaw_rate.update(state.yaw), stamp))
             node.lane_pub.publish(Float32MultiArray(data=[state.lateral_offset, state.heading_error, state.speed]))
+            node.route_pub.publish(contract.path_msg(lane_ahead(env, route_lane.update(env)), stamp))
             pixels = frame_rgb(obs)
             if recording is not None:
                 recording.observe(tick, pixels, state, command)

@@ -65,3 +65,31 @@ def expert_lane(env, policy):
     if any(lane is candidate for candidate in on_route):
         return lane
     return getattr(policy, "routing_target_lane", None) or lane
+
+
+class RouteLane:
+    """The route lane a car without the IDM expert is on, tracked tick by tick as IDM tracks its own target: the
+    car's lane while it lies on the route's current or next road; otherwise (inside junctions, or pushed off the
+    route) the last such lane, carried on to the lane of the route's current road that connects to it. Its
+    `lane_ahead` is the route the MetaDrive bridge publishes."""
+
+    def __init__(self) -> None:
+        self.target = None
+
+    def update(self, env):
+        """This tick's route lane."""
+        lane = env.vehicle.lane
+        navigation = env.vehicle.navigation
+        current = list(navigation.current_ref_lanes or ())
+        if any(lane is candidate for candidate in (*current, *(navigation.next_ref_lanes or ()))):
+            self.target = lane
+        elif self.target is None:
+            self.target = current[0] if current else lane
+        elif not any(self.target is candidate for candidate in current):
+            network = navigation.map.road_network
+            for candidate in current:
+                if self.target.is_previous_lane_of(candidate) or network.has_connection(self.target.index,
+                                                                                        candidate.index):
+                    self.target = candidate
+                    break
+        return self.target

@@ -45,6 +45,8 @@ STATUS_TOPIC = "/carla/status"
 INSTRUCTION_TOPIC = "/autoprune/instruction"
 CONTROL_TOPIC = f"/carla/{ROLE_NAME}/vehicle_control_cmd"
 FRAME_STATS_TOPIC = "/autoprune/frame_stats"
+# the route ahead (nav_msgs/Path, map frame, latched), as the CARLA ROS bridge's waypoint publisher names it
+ROUTE_TOPIC = f"/carla/{ROLE_NAME}/waypoints"
 # privileged, MetaDrive only: the centreline the expert steers for, ahead of the ego (sim/reference_path.py)
 REFERENCE_PATH_TOPIC = f"/metadrive/{ROLE_NAME}/reference_path"
 

@@ -596,6 +596,10 @@ def test_a_route_is_driven_to_completion(tmp_path) -> None:
     assert result.meta["lane_invasions"][0] == {"t": pytest.approx(50 * DT), "markings": ["Solid"]}
     texts = [m.data for m in io.topic(rc.INSTRUCTION_TOPIC)]
     assert texts == [rc.FOLLOW_LANE, rc.TURN_RIGHT, rc.FOLLOW_LANE]
+    [path] = io.topic(rc.ROUTE_TOPIC)  # the route once, in the map frame with ROS's y (CARLA's mirrored)
+    ends = [(p.pose.position.x, p.pose.position.y) for p in (path.poses[0], path.poses[-1])]
+    assert path.header.frame_id == rc.MAP_FRAME
+    assert ends == [pytest.approx((0, 0), abs=1), pytest.approx((100, -50), abs=1)]
     assert result.length_m == pytest.approx(150.0, abs=1.0)
     assert len(result.speeds_mps) == result.ticks == len(result.positions)
     assert result.meta["latency_sources"] == {"frame_stats": 0, "wall": result.ticks}

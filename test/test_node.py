@@ -1,6 +1,7 @@
 """The autoprune node in its own process, driven over DDS as a vehicle stack would drive it."""
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -266,3 +267,59 @@ def test_a_missing_model_leaves_the_node_running_with_an_error_and_safe_stops(ha
 
     level, message, _ = h.last_status()
     assert level == DiagnosticStatus.ERROR and "configure failed" in message and "/nonexistent/model" in message
+
+
+def test_a_route_model_gets_the_route_in_its_ego_frame_and_drives_without_one(harness, tmp_path) -> None:
+    """The route (nav_msgs/Path, map frame) and the odometry pose arrive on their topics; the model reads the target
+    point in the ego frame. Without a route, or with one it cannot place, it drives on and the diagnostics say so."""
+    import yaml
+    from diagnostic_msgs.msg import DiagnosticStatus
+    from geometry_msgs.msg import PoseStamped
+    from nav_msgs.msg import Odometry, Path
+
+    from autoprune_ros.paths import config_path
+    from autoprune_ros.ros.qos import latched_qos
+    from autoprune_ros.vla.builder import build_tiny_vla, save_vla
+
+    cfg = yaml.safe_load(config_path("models", "tiny_llava.yaml").read_text(encoding="utf-8"))
+    cfg["action_head"]["route_lookahead_m"] = 30.0
+    save_vla(build_tiny_vla(cfg, seed=0), tmp_path / "route_model")
+    h = harness(model=str(tmp_path / "route_model"))
+    h.wait_ready()
+    odom_pub = h.node.create_publisher(Odometry, "/carla/hero/odometry", 10)
+    route_pub = h.node.create_publisher(Path, "/carla/hero/waypoints", latched_qos())
+
+    h.answer(h.send(to_image_msg(RGB), sec=300))
+    assert h.spin_until(lambda: any(st["stamp"].startswith("300.") for st in h.stats))
+    assert next(st for st in h.stats if st["stamp"].startswith("300."))["route_points"] == ""
+    assert h.spin_until(lambda: h.diagnostics and "no route received" in h.last_status()[1], 5)
+    assert h.last_status()[0] == DiagnosticStatus.WARN
+
+    def path(frame_id: str) -> Path:
+        msg = Path()
+        msg.header.frame_id = frame_id
+        for y in (0.0, 100.0, 200.0):  # a road heading north (map +y) along x = 100
+            pose = PoseStamped()
+            pose.pose.position.x, pose.pose.position.y = 100.0, y
+            msg.poses.append(pose)
+        return msg
+
+    odom = Odometry()
+    odom.header.frame_id = "map"
+    odom.pose.pose.position.x, odom.pose.pose.position.y = 98.0, 50.0  # 2 m west of the road, heading north
+    odom.pose.pose.orientation.z, odom.pose.pose.orientation.w = math.sin(math.pi / 4), math.cos(math.pi / 4)
+    route_pub.publish(path("map"))
+
+    def target(sec: int) -> str:
+        for _ in range(20):  # odometry is best effort on the node's side: keep it coming
+            odom_pub.publish(odom)
+            h.spin_until(lambda: False, 0.05)
+        h.answer(h.send(to_image_msg(RGB), sec=sec))
+        assert h.spin_until(lambda: any(st["stamp"].startswith(f"{sec}.") for st in h.stats))
+        return next(st for st in h.stats if st["stamp"].startswith(f"{sec}."))["route_points"]
+
+    x, y = map(float, target(301).split())
+    assert x == pytest.approx(30.0, abs=0.01) and y == pytest.approx(-2.0, abs=0.01), "30 m ahead, 2 m to the right"
+    route_pub.publish(path("utm"))
+    assert h.spin_until(lambda: "route in frame 'utm'" in h.last_status()[1], 10)
+    assert target(302) == "", "a route it cannot place is not used"

@@ -154,17 +154,18 @@ def test_steering_perturbations_hold_the_expert_off_course(tmp_path: Path) -> No
     assert abs(y[first.end] - y[first.start]) > 0.05, y[first.start:first.end + 1]
 
     # Reference targets: off its lane after the perturbation, the car is labelled with the way back onto it.
-    from autoprune_ros.vla.dataset import _project, episode_targets, read_episode
+    from autoprune_ros.vla.dataset import episode_targets, read_episode
+    from autoprune_ros.vla.route import project_onto
 
     episode = read_episode(folder)
     index, waypoints, _ = episode_targets(episode, 4, 0.5)  # 2 s ahead: frames up to tick 59
     row = int(np.flatnonzero(index == first.end)[0])
     path, (x, y0, yaw) = episode.references[first.end], episode.poses[first.end]
-    assert abs(_project(path, np.array([x, y0]))[1]) > 0.05
+    assert abs(project_onto(path, np.array([x, y0]))[1]) > 0.05
     c, s = np.cos(yaw), np.sin(yaw)
     after_2s = np.array([x + c * waypoints[row, 3, 0] - s * waypoints[row, 3, 1],
                          y0 + s * waypoints[row, 3, 0] + c * waypoints[row, 3, 1]])
-    assert abs(_project(path, after_2s)[1]) < 0.05, "back on the lane centre 2 s later"
+    assert abs(project_onto(path, after_2s)[1]) < 0.05, "back on the lane centre 2 s later"
 
 
 @pytest.mark.sim

@@ -406,3 +406,27 @@ def test_sample_bag_is_a_function_of_its_arguments(tmp_path):
             assert fa.reference == fb.reference and fa.speed_mps == fb.speed_mps
             assert not np.array_equal(fa.views[0].data, fc.views[0].data)
         assert a.track().poses[-1, 2] == b.track().poses[-1, 2] != c.track().poses[-1, 2]
+
+
+def test_frames_carry_the_route_in_their_ego_frame(tmp_path):
+    """The recordings' reference path (map frame) is the route: each frame sees it from its own odometry pose."""
+    import math
+
+    from test_vla_train import _line, straight, write_episode
+
+    yaw = straight(0.0)[2]
+    left = np.array([-math.sin(yaw), math.cos(yaw)])
+    folder = write_episode(tmp_path / "ep", straight, seed=1,
+                           reference=lambda t: _line(np.array(straight(t)[:2]) + 2.0 * left, yaw))
+    with open_bag(folder) as bag:
+        assert bag.topics.route == "/metadrive/hero/reference_path"
+        frames = list(bag.frames())
+        assert all(f.route is not None for f in frames)
+        np.testing.assert_allclose(frames[5].route[0], (0.0, 2.0), atol=1e-6)  # 2 m to the left, beside the car
+        np.testing.assert_allclose(frames[5].route[-1, 1], 2.0, atol=1e-6)
+    types = {"/cam": "sensor_msgs/Image", "/autoprune/trajectory": "nav_msgs/Path", "/a": "nav_msgs/Path"}
+    assert detect_topics(types).route == "/a", "the node's own trajectory is never the route"
+    problems: list[str] = []
+    assert detect_topics({**types, "/b": "nav_msgs/Path"}, problems=problems).route is None
+    assert any("--route-topic" in p for p in problems), "ambiguous: a note, not an error"
+    assert detect_topics({**types, "/carla/hero/waypoints": "nav_msgs/Path"}).route == "/carla/hero/waypoints"

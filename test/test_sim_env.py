@@ -59,3 +59,34 @@ print("where", *(f"{d},{int(inside)}" for d, inside in where), ROUTE_DEVIATION_M
     assert inner[1] and inner[0] == pytest.approx(0.3 * width, abs=0.01), "a car off its lane centre, in the lane"
     assert not outer[1], "across the centre line (lane 0 is next to it): outside the route's lanes"
     assert beside[0] == pytest.approx(45.0, abs=0.5) and beside[0] > limit and not beside[1]
+
+
+def test_the_route_the_bridge_publishes_runs_ahead_along_the_route_lane() -> None:
+    """The route ahead (the route lane's centreline, ROS map frame with MetaDrive's y mirrored) starts at the car and
+    runs on; a car pushed off the route keeps the route lane it last had."""
+    env = _sim_env()
+    code = """
+import numpy as np
+from autoprune_sim.metadrive_env import make_env
+from autoprune_sim.reference_path import AHEAD_M, RouteLane, lane_ahead
+env = make_env(7, 3, 64, 48, 0.0, horizon=50)
+env.reset()
+tracker = RouteLane()
+lane = tracker.update(env)
+path = lane_ahead(env, lane)
+x, y = env.vehicle.position
+start = np.hypot(path[0, 0] - x, path[0, 1] + y)
+length = np.hypot(*np.diff(path, axis=0).T).sum()
+env.vehicle.set_position(lane.position(10.0, -45.0))
+env.step([0.0, 0.0])  # the car's lane is looked up again in the step
+kept = tracker.update(env) is lane
+env.close()
+print("route", start, length, AHEAD_M, int(kept))
+"""
+    result = subprocess.run([str(SIM_PYTHON), "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = next(text for text in result.stdout.splitlines() if text.startswith("route")).split()
+    start, length, ahead = float(line[1]), float(line[2]), float(line[3])
+    assert start < 2.5, "the route starts beside the car"
+    assert ahead - 2.5 <= length <= ahead + 2.5, "and runs AHEAD_M on"
+    assert line[4] == "1", "off the route, the route lane stays the last one on it"

@@ -37,6 +37,7 @@ from autoprune_ros.replay.bag_sources import brief, open_source
 from autoprune_ros.replay.bag_storage import BagError, StoredTopic
 from autoprune_ros.replay.frames import BagInfo, ReferenceControl, ReplayFrame, TopicMap, Track
 from autoprune_ros.replay.topic_roles import ACKERMANN, detect_topics
+from autoprune_ros.vla.route import to_ego_frame
 
 __all__ = ["DEFAULT_MAX_STEER_RAD", "BagError", "BagReader", "detect_topics", "open_bag"]
 
@@ -121,6 +122,7 @@ class _Index:
     # stamp, x, y, yaw, speed, yaw rate
     odometry: list[tuple[int, float, float, float, float, float]] = field(default_factory=list)
     references: list[tuple[int, ReferenceControl]] = field(default_factory=list)
+    routes: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (stamp, (K, 2) points)
     failed: Counter = field(default_factory=Counter)
     first_error: dict[str, str] = field(default_factory=dict)
 
@@ -195,7 +197,7 @@ class BagReader:
 
     def _roles(self) -> set[str]:
         m = self.info.topics
-        return {*m.cameras, *(t for t in (m.instruction, m.odometry, m.reference_control) if t)}
+        return {*m.cameras, *(t for t in (m.instruction, m.odometry, m.reference_control, m.route) if t)}
 
     def _read(self, topics: set[str], on_error: Callable[[BaseException, int], None] | None
               ) -> Iterator[tuple[str, int, bytes]]:
@@ -248,6 +250,9 @@ class BagReader:
                     index.odometry.append((_stamp_ns(msg), float(pose.position.x), float(pose.position.y),
                                            _yaw(pose.orientation), math.hypot(lin.x, lin.y),
                                            float(msg.twist.twist.angular.z)))
+                elif topic == m.route:
+                    index.routes.append((_stamp_ns(msg), np.array(
+                        [(p.pose.position.x, p.pose.position.y) for p in msg.poses], dtype=np.float64).reshape(-1, 2)))
                 else:
                     index.references.append((_stamp_ns(msg), _reference(msg, self._types[topic], self._max_steer)))
             except Exception as exc:  # noqa: BLE001 - undecodable message: skipped and counted
@@ -266,7 +271,7 @@ class BagReader:
             problems.append(f"{topic}: {n} of {seqs[topic]} messages could not be decoded and were skipped "
                             f"(first: {index.first_error[topic]})")
         stamped = {**index.cameras, self.info.topics.odometry: index.odometry,
-                   self.info.topics.reference_control: index.references}
+                   self.info.topics.reference_control: index.references, self.info.topics.route: index.routes}
         for topic, items in stamped.items():
             late, newest = 0, None
             for item in items:
@@ -279,6 +284,7 @@ class BagReader:
         index.instructions.sort(key=lambda x: x[0])
         index.odometry.sort(key=lambda x: x[0])
         index.references.sort(key=lambda x: x[0])
+        index.routes.sort(key=lambda x: x[0])
 
     def _plan(self) -> list[_Plan]:
         cams = self.info.topics.cameras
@@ -368,11 +374,13 @@ class BagReader:
         instruction = _latest(index.instructions, plan.bag_time_ns)
         odom = _latest(index.odometry, plan.stamp_ns)
         ref = _latest(index.references, plan.stamp_ns)
+        route = _latest(index.routes, plan.stamp_ns)
         return ReplayFrame(index=i, stamp_ns=plan.stamp_ns, bag_time_ns=plan.bag_time_ns, views=views,
                            instruction=None if instruction is None else instruction[1],
                            speed_mps=None if odom is None else odom[4],
                            yaw_rate_rps=None if odom is None else odom[5],
-                           reference=None if ref is None else ref[1])
+                           reference=None if ref is None else ref[1],
+                           route=None if route is None or odom is None else to_ego_frame(route[1], *odom[1:4]))
 
     def track(self) -> Track:
         """The bag's odometry in stamp order (empty arrays without an odometry topic)."""

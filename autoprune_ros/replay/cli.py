@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--reference-topic", metavar="TOPIC",
                         help="recorded driver's command (carla_msgs/CarlaEgoVehicleControl or "
                         "ackermann_msgs/AckermannDriveStamped) the report scores against")
+    parser.add_argument("--route-topic", metavar="TOPIC",
+                        help="nav_msgs/Path route for models with a route input (default: /carla/hero/waypoints, "
+                        "else the bag's only Path topic, such as the recordings' reference path; 'none': without)")
     parser.add_argument("--baseline", metavar="REPORT_JSON", type=Path,
                         help="an earlier report.json of this bag to compare against (drift, latency, tokens)")
     parser.add_argument("--gate", metavar="YAML", type=Path,
@@ -119,7 +122,7 @@ def _model_head(model: str) -> tuple[int, float]:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     values = {"cameras": args.camera_topics, "instruction": args.instruction_topic,
-              "odometry": args.odometry_topic, "reference_control": args.reference_topic}
+              "odometry": args.odometry_topic, "reference_control": args.reference_topic, "route": args.route_topic}
     return {k: v for k, v in values.items() if v}
 
 

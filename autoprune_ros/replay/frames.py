@@ -14,12 +14,14 @@ import numpy as np
 class TopicMap:
     """Which bag topic plays which role. `cameras[0]` is the primary camera: each of its frames is one replay
     frame. `reference_control` is the recorded driver's command (carla_msgs/CarlaEgoVehicleControl or
-    ackermann_msgs/AckermannDriveStamped), used as ground truth by the report when present."""
+    ackermann_msgs/AckermannDriveStamped), used as ground truth by the report when present; `route` a
+    nav_msgs/Path of the route ahead in the odometry's frame, for models with a route input."""
 
     cameras: tuple[str, ...]
     instruction: str | None = None
     odometry: str | None = None
     reference_control: str | None = None
+    route: str | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class ReplayFrame:
     speed_mps: float | None  # hypot(twist.linear.x, .y) of the latest odometry; None: none yet
     reference: ReferenceControl | None = None  # latest reference control at or before the stamp
     yaw_rate_rps: float | None = None  # twist.angular.z of the latest odometry; None: none yet
+    route: np.ndarray | None = None  # (K, 2) latest route in the ego frame of the latest odometry; None: none yet
 
 
 @dataclass

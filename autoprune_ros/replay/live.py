@@ -35,6 +35,7 @@ from autoprune_ros.runtime.configs import PolicyConfig, node_params
 NODE_NAME = "autoprune"
 INSTRUCTION_TOPIC = "/autoprune/instruction"
 ODOMETRY_TOPIC = "/carla/hero/odometry"
+ROUTE_TOPIC = PARAMETERS["route_topic"].default
 CONTROL_TOPIC = "/carla/hero/vehicle_control_cmd"
 TRAJECTORY_TOPIC = "/autoprune/trajectory"
 FRAME_STATS_TOPIC = "/autoprune/frame_stats"
@@ -159,7 +160,7 @@ def _outgoing(reader, camera_topics: dict[str, str]) -> Iterator[_Out]:
     topics = reader.info.topics
     names = {**camera_topics}
     names.update({t: node for t, node in ((topics.instruction, INSTRUCTION_TOPIC),
-                                          (topics.odometry, ODOMETRY_TOPIC)) if t})
+                                          (topics.odometry, ODOMETRY_TOPIC), (topics.route, ROUTE_TOPIC)) if t})
     primary = topics.cameras[0]
     for topic, _, t_ns, data in reader.cdr_messages(list(names)):
         if topic == primary:
@@ -201,7 +202,8 @@ class _Player:
         self.executor.add_node(self.node)
         self.clock_cls = Clock
         self.clock_pub = self.node.create_publisher(Clock, "/clock", stream_qos("best_effort", 1))
-        qos = {INSTRUCTION_TOPIC: latched_qos(), ODOMETRY_TOPIC: stream_qos("best_effort", 1)}
+        qos = {INSTRUCTION_TOPIC: latched_qos(), ROUTE_TOPIC: latched_qos(),
+               ODOMETRY_TOPIC: stream_qos("best_effort", 1)}
         image_qos = stream_qos("reliable", 10) if step else stream_qos("best_effort", 1)
         self.pubs = {topic: self.node.create_publisher(get_message(msgtype), topic, qos.get(topic, image_qos))
                      for topic, msgtype in publish.items()}
@@ -343,7 +345,9 @@ def run_live(reader, config: PolicyConfig, *, output_bag: Path, model: str = "ti
     publish.update({node: msgtype for t, node, msgtype in ((info.topics.instruction, INSTRUCTION_TOPIC,
                                                               "std_msgs/msg/String"),
                                                              (info.topics.odometry, ODOMETRY_TOPIC,
-                                                              "nav_msgs/msg/Odometry")) if t})
+                                                              "nav_msgs/msg/Odometry"),
+                                                             (info.topics.route, ROUTE_TOPIC,
+                                                              "nav_msgs/msg/Path")) if t})
     params = {**node_params(config, latency_budget_ms, model), "camera_topics": list(cameras.values())}
     if step:
         params["image_qos_reliability"] = "reliable"

@@ -96,12 +96,12 @@ def run_offline(frames: Iterable[ReplayFrame], pipeline: FramePipeline, config: 
             speed = frame.speed_mps
         if frame.yaw_rate_rps is not None and math.isfinite(frame.yaw_rate_rps):
             yaw_rate = frame.yaw_rate_rps
-        records.append(_run_frame(frame, pipeline, config, instruction, speed, yaw_rate, dt))
+        records.append(_run_frame(frame, pipeline, config, instruction, speed, yaw_rate, dt, frame.route))
     return records
 
 
 def _run_frame(frame: ReplayFrame, pipeline: FramePipeline, config: PolicyConfig, instruction: str, speed: float,
-               yaw_rate: float, dt: float) -> FrameRecord:
+               yaw_rate: float, dt: float, route: np.ndarray | None = None) -> FrameRecord:
     start = time.perf_counter()
     try:
         views = [decode_view(msg) for msg in frame.views]
@@ -110,7 +110,8 @@ def _run_frame(frame: ReplayFrame, pipeline: FramePipeline, config: PolicyConfig
     pre_ms = (time.perf_counter() - start) * 1e3
     budget = None if config.tokens is None else min(config.tokens, pipeline.visual_tokens(len(views)))
     try:
-        result = pipeline.step(views, instruction, speed, pre_ms=pre_ms, dt=dt, budget=budget, yaw_rate_rps=yaw_rate)
+        result = pipeline.step(views, instruction, speed, pre_ms=pre_ms, dt=dt, budget=budget, yaw_rate_rps=yaw_rate,
+                               route=route)
     except Exception as exc:  # a model fault fails this frame only, as in the node
         return FrameRecord(frame.index, frame.stamp_ns, status="failed",
                            error=f"policy failed: {type(exc).__name__}: {exc}")

@@ -169,7 +169,8 @@ def bag_section(info: BagInfo, frames: int) -> dict[str, Any]:
     topics = info.topics
     return {"path": str(info.path), "storage": info.storage,
             "topics": {"cameras": list(topics.cameras), "instruction": topics.instruction,
-                       "odometry": topics.odometry, "reference_control": topics.reference_control},
+                       "odometry": topics.odometry, "reference_control": topics.reference_control,
+                       "route": topics.route},
             "message_counts": dict(info.message_counts), "duration_s": info.duration_ns * 1e-9, "frames": frames,
             "problems": list(info.problems)}
 
@@ -229,7 +230,8 @@ def markdown_report(report: Mapping[str, Any], gate_markdown: str = "") -> str:
         f"# Replay of {bag['path']}", "",
         f"- storage: {bag['storage']}, {bag['frames']} frames, {bag['duration_s']:.1f} s",
         f"- cameras: {', '.join(topics['cameras'])}; instruction: {topics['instruction'] or '-'}; odometry: "
-        f"{topics['odometry'] or '-'}; reference control: {topics['reference_control'] or '-'}",
+        f"{topics['odometry'] or '-'}; reference control: {topics['reference_control'] or '-'}; route: "
+        f"{topics.get('route') or '-'}",
         f"- mode: {settings['mode']}, model: {settings['model']}"
         + (f", rate: {settings['rate']}" if settings["mode"] == "live" else ""),
         "", "## Results", "", summary_table(report), "",

@@ -1,4 +1,5 @@
-"""Which bag topic plays which replay role (cameras, instruction, odometry, reference control), from the types."""
+"""Which bag topic plays which replay role (cameras, instruction, odometry, reference control, route), from the
+types."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
@@ -15,16 +16,22 @@ ROLE_TYPES = {
     "instruction": ("std_msgs/msg/String",),
     "odometry": ("nav_msgs/msg/Odometry",),
     "reference_control": (CARLA_CONTROL, ACKERMANN),
+    "route": ("nav_msgs/msg/Path",),
 }
 CONTRACT_TOPICS = {  # the project's recordings (docs/data.md): preferred when several topics fit a role
     "cameras": "/carla/hero/rgb_front/image",
     "instruction": "/autoprune/instruction",
     "odometry": "/carla/hero/odometry",
     "reference_control": "/carla/hero/vehicle_control_cmd",
+    "route": "/carla/hero/waypoints",
 }
 ROLE_OPTIONS = {"cameras": "--camera-topics", "instruction": "--instruction-topic",
-                "odometry": "--odometry-topic", "reference_control": "--reference-topic"}
+                "odometry": "--odometry-topic", "reference_control": "--reference-topic", "route": "--route-topic"}
 DISABLED = ("", "none")
+# Path topics that are routes, best first (the recordings' reference path is the lane the expert steered for),
+# and Path topics that never are (the node's own predicted trajectory, in bags recorded beside it).
+ROUTE_PREFERENCE = (CONTRACT_TOPICS["route"], "/metadrive/hero/reference_path")
+NOT_ROUTES = ("/autoprune/trajectory",)
 
 
 def _normalize_type(msgtype: str) -> str:
@@ -55,8 +62,23 @@ def _explicit(role: str, topic: str, types: dict[str, str]) -> str:
     return topic
 
 
+def _detect_route(candidates: list[str], problems: list[str]) -> str | None:
+    """The route among the bag's Path topics: the contract's, else the recordings' reference path, else the only
+    one; several others make a note, not an error, since most replays do not need a route."""
+    candidates = [t for t in candidates if t not in NOT_ROUTES]
+    preferred = [t for t in ROUTE_PREFERENCE if t in candidates]
+    if preferred or len(candidates) == 1:
+        return (preferred or candidates)[0]
+    if candidates:
+        problems.append(f"route: several nav_msgs/Path topics ({', '.join(candidates)}), none used; pass "
+                        f"{ROLE_OPTIONS['route']} to choose")
+    return None
+
+
 def _detect(role: str, types: dict[str, str], problems: list[str]) -> str | None:
     candidates = sorted(t for t, ty in types.items() if ty in ROLE_TYPES[role])
+    if role == "route":
+        return _detect_route(candidates, problems)
     if len(candidates) == 1:
         return candidates[0]
     option = ROLE_OPTIONS[role]
@@ -106,13 +128,13 @@ def detect_topics(types: Mapping[str, str] | Iterable[Any], overrides: Mapping[s
                            f"{', '.join(f'{t} [{ty}]' for t, ty in sorted(types.items())) or 'none'}")
         cameras = (primary,)
     chosen: dict[str, str | None] = {}
-    for role in ("instruction", "odometry", "reference_control"):
+    for role in ("instruction", "odometry", "reference_control", "route"):
         value = overrides.get(role)
         if value is not None and str(value).strip().lower() in DISABLED:
             chosen[role] = None
             continue
         chosen[role] = _explicit(role, str(value), types) if value is not None else _detect(role, types, notes)
-        if chosen[role] is None:
+        if chosen[role] is None and role in _CONSEQUENCE:
             notes.append(f"no {role.replace('_', ' ')} topic ({_accepted(role)}) in the bag: "
                          f"{_CONSEQUENCE[role]} (pass {ROLE_OPTIONS[role]} if it has another type name)")
     return TopicMap(cameras=cameras, **chosen)
@@ -122,4 +144,4 @@ _CONSEQUENCE = {
     "instruction": "frames carry no instruction, the node's default applies",
     "odometry": "frames carry no speed and there is no reference trajectory",
     "reference_control": "there is no recorded control to compare actions against",
-}
+}  # a missing route is no problem: most models do not read one (with it missing, those that do use the camera)

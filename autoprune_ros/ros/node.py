@@ -37,6 +37,7 @@ from autoprune_ros.ros.image_codec import ImageDecodeError, from_compressed_msg,
 from autoprune_ros.ros.outputs import ackermann_control, carla_control, trajectory
 from autoprune_ros.ros.parameters import PARAMETERS, check_change
 from autoprune_ros.ros.qos import latched_qos, stream_qos
+from autoprune_ros.ros.route_input import RouteInput
 from autoprune_ros.runtime.frame_sync import FrameSync, ViewSet
 from autoprune_ros.runtime.latest_frame import LatestFrame
 from autoprune_ros.vla.action import Action
@@ -84,6 +85,7 @@ class AutoPruneNode(LifecycleNode):
         self.instruction = self._param("instruction")
         self.speed_mps = 0.0
         self.yaw_rate_rps = 0.0
+        self.route = RouteInput(self._param("ego_frame_id"))
         self.last_steer = 0.0
         self.active = False
         self._inputs: list = []
@@ -136,6 +138,9 @@ class AutoPruneNode(LifecycleNode):
                                                             latched_qos()))
         self._inputs.append(self.create_subscription(Odometry, "/carla/hero/odometry", self._on_odometry,
                                                             stream_qos("best_effort", 1)))
+        if self._param("route_topic") and policy.uses_route:
+            self._inputs.append(self.create_subscription(Path, self._param("route_topic"), self.route.on_path,
+                                                                latched_qos()))
         self.get_logger().info(f"configured: {', '.join(topics)} -> {CONTROL_TOPICS[self.interface]}, policy "
                                f"{self._param('pruning_policy')}, latency budget {self._param('latency_budget_ms')} ms")
 
@@ -292,6 +297,7 @@ class AutoPruneNode(LifecycleNode):
         yaw_rate = msg.twist.twist.angular.z
         if math.isfinite(yaw_rate):
             self.yaw_rate_rps = yaw_rate
+        self.route.on_odometry(msg)
 
     # ---- inference thread
     def _run(self) -> None:
@@ -317,7 +323,8 @@ class AutoPruneNode(LifecycleNode):
             health.unsynced_cameras = [self.camera_topics[i] for i in view_set.unsynced]
             try:
                 result = self.pipeline.step(views, self.instruction, self.speed_mps, pre_ms=pre_ms,
-                                            dt=1.0 / self._param("control_rate_hz"), yaw_rate_rps=self.yaw_rate_rps)
+                                            dt=1.0 / self._param("control_rate_hz"), yaw_rate_rps=self.yaw_rate_rps,
+                                            route=self.route.ego_route())
             except Exception as exc:  # any model fault must end in a safe stop, not a dead thread
                 health.model_faults += 1
                 self._fail(view_set.stamp_ns, f"policy failed: {type(exc).__name__}: {exc}")
@@ -413,11 +420,19 @@ class AutoPruneNode(LifecycleNode):
             "views": str(len(view_set.views)), "dropped_stale": str(self.frames.dropped_stale),
             "steer": f"{action.steer:.4f}", "throttle": f"{action.throttle:.4f}", "brake": f"{action.brake:.4f}",
             "target_speed": f"{action.target_speed:.3f}",
+            "route_points": "" if out.route_targets is None else " ".join(f"{v:.2f}"
+                                                                            for v in out.route_targets.ravel()),
         }
         self.stats_pub.publish(DiagnosticStatus(
             level=DiagnosticStatus.WARN if missed else DiagnosticStatus.OK, name="autoprune: frame",
             message=f"frame {self.health.frames}", hardware_id=self.get_fully_qualified_name(),
             values=[KeyValue(key=k, value=v) for k, v in values.items()]))
+
+    def _route_status(self) -> str:
+        """The route's state for a model that reads one ('not used' otherwise, or with route_topic empty)."""
+        if self.pipeline is None or not self.pipeline.policy.uses_route or not self._param("route_topic"):
+            return "not used"
+        return self.route.status
 
     def _publish_diagnostics(self) -> None:
         h = self.health
@@ -441,6 +456,10 @@ class AutoPruneNode(LifecycleNode):
         if not h.governor_feasible:
             problems.append(f"latency budget infeasible: {h.governor_reason}")
             level = max(level, DiagnosticStatus.WARN)
+        route_status = self._route_status()
+        if route_status not in ("ok", "not used"):
+            problems.append(f"route: {route_status} (driving from the camera alone)")
+            level = max(level, DiagnosticStatus.WARN)
         lat = np.array(h.latencies) if h.latencies else np.array([np.nan])
         values = {
             "state": "active" if self.active else ("inactive" if self.pipeline else "unconfigured"),
@@ -450,7 +469,7 @@ class AutoPruneNode(LifecycleNode):
             "safe_stops": h.safe_stops, "pipeline_ms_p50": f"{np.percentile(lat, 50):.2f}",
             "pipeline_ms_p99": f"{np.percentile(lat, 99):.2f}", "token_budget": h.budget,
             "governor": h.governor_reason, "unsynced_cameras": ", ".join(h.unsynced_cameras),
-            "instruction": self.instruction, "last_error": h.last_error,
+            "instruction": self.instruction, "route": route_status, "last_error": h.last_error,
         }
         if self.faulted:
             level = DiagnosticStatus.ERROR
@@ -474,7 +493,8 @@ parameters (defaults; read-only ones are fixed at start):
 
 topics: in  camera_topics (sensor_msgs/Image, or CompressedImage for .../compressed),
             /autoprune/instruction (std_msgs/String, transient local),
-            /carla/hero/odometry (nav_msgs/Odometry: speed and yaw rate, the ego state in the prompt)
+            /carla/hero/odometry (nav_msgs/Odometry: speed and yaw rate, the ego state in the prompt; pose),
+            route_topic (nav_msgs/Path, transient local: the route, for models with a route input)
         out {CONTROL_TOPICS['carla']} (carla_msgs/CarlaEgoVehicleControl) or
             {CONTROL_TOPICS['ackermann']} (ackermann_msgs/AckermannDriveStamped),
             /autoprune/trajectory (nav_msgs/Path), {FRAME_STATS_TOPIC} (diagnostic_msgs/DiagnosticStatus),

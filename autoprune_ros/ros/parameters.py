@@ -56,6 +56,8 @@ PARAMETERS: dict[str, Param] = {
     "ego_frame_id": Param("hero", "frame_id of the trajectory (ego frame, x forward, y left)", True),
     "control_rate_hz": Param(10.0, "rate of the safety watchdog and of safe-stop commands", True, (0.1, 1000.0)),
     "calibration_frames": Param(3, "frames per budget run at configure to seed the latency model", True, (0, 100)),
+    "route_topic": Param("/carla/hero/waypoints", "nav_msgs/Path of the route ahead (map frame like the odometry, "
+                         "or the ego frame), read by models with a route input; '' to drive without one", True),
     "instruction": Param("follow the lane", "instruction used until one arrives on /autoprune/instruction"),
     "pruning_policy": Param("autoprune", "visual-token pruning", choices=POLICY_NAMES),
     "latency_budget_ms": Param(100.0, "per-frame latency budget the governor keeps the model within",

@@ -50,10 +50,12 @@ class FramePipeline:
         return num_views * self.policy.visual_tokens_per_image
 
     def step(self, views: Sequence[np.ndarray], instruction: str, speed_mps: float, *, pre_ms: float = 0.0,
-             dt: float = 0.1, budget: float | None = None, yaw_rate_rps: float = 0.0) -> FrameResult:
+             dt: float = 0.1, budget: float | None = None, yaw_rate_rps: float = 0.0,
+             route: np.ndarray | None = None) -> FrameResult:
         """Run one frame. `pre_ms`: the caller's own pre-processing (image decoding) for this frame; `budget`
         overrides the governor for this frame (calibration, replay of a recorded budget); `yaw_rate_rps`: the ego
-        yaw rate from odometry (left positive), for models whose prompt reads it."""
+        yaw rate from odometry (left positive), for models whose prompt reads it; `route`: the route ahead in the
+        ego frame ((K, 2), x forward, y left), for models with a route input."""
         start = time.perf_counter()
         num_visual = self.visual_tokens(len(views))
         feasible, reason, predicted = True, "not pruned", None
@@ -70,7 +72,8 @@ class FramePipeline:
             budget, reason = num_visual, "no governor: every visual token"
         config = {"policy": self.policy_name} if budget is None else {"policy": self.policy_name, "budget": budget}
         pruning = build_policy(config, self.num_layers, num_visual)
-        output = self.policy.act(list(views), instruction, speed_mps, dt, pruning=pruning, yaw_rate_rps=yaw_rate_rps)
+        output = self.policy.act(list(views), instruction, speed_mps, dt, pruning=pruning, yaw_rate_rps=yaw_rate_rps,
+                                 route=route)
         stats = output.prefill
         complexity = stats.mutual_information if stats is not None else None
         if complexity is not None:

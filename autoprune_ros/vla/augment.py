@@ -35,13 +35,15 @@ def mirror_instruction(text: str) -> str:
 
 
 def mirror_sample(sample: Sample) -> Sample:
-    """The sample seen in a mirror: image flipped left-right, yaw rate and lateral (y) waypoint coordinates negated,
-    "left" and "right" exchanged in the instruction; speed and target speed unchanged."""
+    """The sample seen in a mirror: image flipped left-right, yaw rate and the lateral (y) coordinates of the
+    waypoints and the route target negated, "left" and "right" exchanged in the instruction; speed and target speed
+    unchanged."""
     mirrored = sample.waypoints.clone()
     mirrored[..., 1] = -mirrored[..., 1]
+    route = None if sample.route is None else sample.route * np.array([1.0, -1.0], dtype=sample.route.dtype)
     return sample._replace(image=np.ascontiguousarray(sample.image[:, ::-1]),
                            instruction=mirror_instruction(sample.instruction), yaw_rate=-sample.yaw_rate,
-                           waypoints=mirrored)
+                           waypoints=mirrored, route=route)
 
 
 class Mirrored(Dataset):

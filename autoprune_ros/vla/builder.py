@@ -25,6 +25,7 @@ from transformers.activations import ACT2FN
 from .action_head import ActionHead
 from .controller import WaypointController
 from .policy import VLAPolicy
+from .route import route_feature_size
 from .tokenizer import SPECIAL_TOKENS, build_tokenizer
 
 CONFIG_FILE = "vla_config.yaml"
@@ -82,6 +83,9 @@ _SCHEMA: dict[str, _Key | dict[str, _Key]] = {
         "waypoint_dt": _pos(float, 0.5),
         "hidden_size": _pos(int, 256),
         "max_speed": _pos(float, 20.0),
+        # Route points up to this far along the route are an input of the head (vla/route.py); None: no route.
+        "route_lookahead_m": _Key(float, None, positive=True),
+        "route_points": _pos(int, 1),  # that many route points, evenly spaced up to route_lookahead_m
     },
     # How the pruned prefill places the kept tokens: compact positions (renumbered 0..n-1, as the AutoPrune and
     # FastV authors run LLaVA) or the positions they had in the full prompt.
@@ -92,7 +96,9 @@ _SCHEMA: dict[str, _Key | dict[str, _Key]] = {
 
 
 def _check_value(key: str, spec: _Key, value: Any) -> Any:
-    """`value` converted to `spec.kind`, or ValueError naming `key`."""
+    """`value` converted to `spec.kind`, or ValueError naming `key`; None is allowed where it is the default."""
+    if value is None and spec.default is None:
+        return None
     if spec.kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if (isinstance(value, bool) and spec.kind is not bool) or not isinstance(value, spec.kind):
@@ -231,7 +237,8 @@ def _make_llava_config(cfg: Mapping[str, Any], tokenizer: PreTrainedTokenizerBas
 
 def _make_head(cfg: Mapping[str, Any]) -> ActionHead:
     head = cfg["action_head"]
-    return ActionHead(cfg["text"]["hidden_size"], head["num_waypoints"], head["hidden_size"])
+    route_size = 0 if head["route_lookahead_m"] is None else route_feature_size(head["route_points"])
+    return ActionHead(cfg["text"]["hidden_size"], head["num_waypoints"], head["hidden_size"], route_size)
 
 
 def _assemble(cfg: dict[str, Any], model: LlavaForConditionalGeneration, processor: LlavaProcessor,

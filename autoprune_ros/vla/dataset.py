@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .route import points_along, project_onto, route_targets, to_ego_frame
+
 IMAGE_TOPIC = "/carla/hero/rgb_front/image"
 ODOM_TOPIC = "/carla/hero/odometry"
 CONTROL_TOPIC = "/carla/hero/vehicle_control_cmd"
@@ -41,7 +43,8 @@ _EPS = 1e-6
 
 class Sample(NamedTuple):
     """One training sample: what the policy sees (camera frame HxWx3 uint8 RGB, instruction, ego speed m/s and
-    yaw rate rad/s, left positive) and its targets (waypoints (N, 2) float32, target speed m/s)."""
+    yaw rate rad/s, left positive, and for models with a route input the route points (P, 2) in the ego frame,
+    None where the episode has no route) and its targets (waypoints (N, 2) float32, target speed m/s)."""
 
     image: np.ndarray
     instruction: str
@@ -49,6 +52,7 @@ class Sample(NamedTuple):
     yaw_rate: float
     waypoints: torch.Tensor
     target_speed: float
+    route: np.ndarray | None = None
 
 
 class _BagProblem(ValueError):
@@ -214,37 +218,6 @@ def future_targets(stamps: np.ndarray, poses: np.ndarray, speeds: np.ndarray, nu
     return index, waypoints, target_speed
 
 
-def _segments(path: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The polyline `path` (K, 2) without zero-length segments: (segment starts (S, 2), unit directions (S, 2),
-    lengths (S,), arc length at each start and at the end (S + 1,)); ValueError if nothing is left."""
-    seg = np.diff(path, axis=0)
-    length = np.hypot(seg[:, 0], seg[:, 1])
-    ok = length > _EPS
-    if not ok.any():
-        raise ValueError("reference path has no extent")
-    seg, length = seg[ok], length[ok]
-    return path[:-1][ok], seg / length[:, None], length, np.concatenate(([0.0], np.cumsum(length)))
-
-
-def _project(path: np.ndarray, point: np.ndarray) -> tuple[float, float]:
-    """(arc length of `point`'s projection on the polyline `path` (K >= 2, 2), signed perpendicular offset from it,
-    left positive)."""
-    starts, unit, length, cum = _segments(path)
-    rel = point[None, :] - starts
-    along = np.clip(np.einsum("ij,ij->i", rel, unit), 0.0, length)
-    i = int(np.argmin(np.hypot(*(rel - along[:, None] * unit).T)))
-    return float(cum[i] + along[i]), float(unit[i, 0] * rel[i, 1] - unit[i, 1] * rel[i, 0])
-
-
-def _along(path: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(points (M, 2), unit left normals (M, 2)) at arc lengths `s` on the polyline, extended straight past its
-    ends."""
-    starts, unit, length, cum = _segments(path)
-    i = np.clip(np.searchsorted(cum, s, side="right") - 1, 0, length.size - 1)
-    points = starts[i] + unit[i] * (s - cum[i])[:, None]
-    return points, np.stack((-unit[i, 1], unit[i, 0]), axis=-1)
-
-
 def reference_targets(stamps: np.ndarray, poses: np.ndarray, speeds: np.ndarray, references: Sequence[np.ndarray],
                       num_waypoints: int, waypoint_dt: float, speed_horizon: float = SPEED_HORIZON_S,
                       converge_s: float = CONVERGE_S) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -266,13 +239,10 @@ def reference_targets(stamps: np.ndarray, poses: np.ndarray, speeds: np.ndarray,
         path, origin, yaw = references[i], poses[i, :2], poses[i, 2]
         if len(path) < 2:
             raise ValueError(f"frame {i}: the reference path needs at least 2 points, got {len(path)}")
-        s0, lateral = _project(path, origin)
+        s0, lateral = project_onto(path, origin)
         distance = np.interp(stamps[i] + offsets, stamps, travelled) - travelled[i]
-        points, normals = _along(path, s0 + distance)
-        world = points + normals * (lateral * fade)[:, None] - origin
-        cos, sin = math.cos(yaw), math.sin(yaw)
-        waypoints[row] = np.stack((cos * world[:, 0] + sin * world[:, 1], -sin * world[:, 0] + cos * world[:, 1]),
-                                  axis=-1)
+        points, normals = points_along(path, s0 + distance)
+        waypoints[row] = to_ego_frame(points + normals * (lateral * fade)[:, None], *origin, yaw)
     return index, waypoints, target_speed
 
 
@@ -341,9 +311,12 @@ class DrivingDataset(Dataset):
         head = config["action_head"]
         self.num_waypoints = int(head["num_waypoints"])
         self.waypoint_dt = float(head["waypoint_dt"])
+        self.route_lookahead_m: float | None = head.get("route_lookahead_m")
+        self.route_points = int(head.get("route_points", 1))
         self.episodes: list[Episode] = []
         self._index: list[tuple[int, int, int]] = []  # (episode, frame, target row)
         self._targets: list[tuple[np.ndarray, np.ndarray]] = []
+        self._routes: list[np.ndarray | None] = []  # per episode: (T, route points, 2), ego frame
         self.seeds: list[int] = []
         for bag_dir in kept_episodes(bag_dirs):
             episode = read_episode(bag_dir)
@@ -352,10 +325,24 @@ class DrivingDataset(Dataset):
             self.episodes.append(episode)
             self.seeds.append(int(episode.meta["seed"]))
             self._targets.append((waypoints.astype(np.float32), speeds.astype(np.float32)))
+            self._routes.append(self._route_targets(episode))
             # with reference targets the label is the way back to the lane, so perturbed frames are good samples
             clean = (np.ones(len(frames), dtype=bool) if episode.reference_labelled
                      else unperturbed(episode.stamps[frames], episode.meta))
             self._index.extend((e, int(f), row) for row, f in enumerate(frames) if clean[row])
+
+    def _route_targets(self, episode: Episode) -> np.ndarray | None:
+        """Each frame's route points: its reference centreline (the lane the expert steers for, on the route)
+        taken as the route, as the bridge's route is in closed loop; None without a route input or references."""
+        if self.route_lookahead_m is None or episode.references is None:
+            return None
+        return np.stack([
+            self._or_nan(route_targets(to_ego_frame(path, *pose), self.route_lookahead_m, self.route_points))
+            for path, pose in zip(episode.references, episode.poses, strict=True)
+        ]).astype(np.float32)
+
+    def _or_nan(self, points: np.ndarray | None) -> np.ndarray:
+        return np.full((self.route_points, 2), np.nan) if points is None else points
 
     def __len__(self) -> int:
         return len(self._index)
@@ -369,14 +356,18 @@ class DrivingDataset(Dataset):
         e, frame, row = self._index[i]
         episode = self.episodes[e]
         waypoints, speeds = self._targets[e]
+        routes = self._routes[e]
+        route = None if routes is None or not np.isfinite(routes[frame]).all() else routes[frame]
         return Sample(episode.images[frame], episode.instructions[frame], float(episode.speeds[frame]),
-                      float(episode.yaw_rates[frame]), torch.from_numpy(waypoints[row]), float(speeds[row]))
+                      float(episode.yaw_rates[frame]), torch.from_numpy(waypoints[row]), float(speeds[row]), route)
 
 
 def collate(batch: Sequence[Sample]) -> tuple[list[np.ndarray], list[str], list[float], list[float], torch.Tensor,
-                                              torch.Tensor]:
+                                              torch.Tensor, torch.Tensor]:
     """DataLoader collate: images, instructions, speeds and yaw rates as lists (the processor batches them),
-    targets as tensors (B, N, 2) and (B,)."""
-    images, instructions, speeds, yaw_rates, waypoints, target_speeds = zip(*batch, strict=True)
+    targets as tensors (B, N, 2) and (B,), and route points (B, P, 2), NaN where a sample has none."""
+    images, instructions, speeds, yaw_rates, waypoints, target_speeds, routes = zip(*batch, strict=True)
+    shape = next((r.shape for r in routes if r is not None), (1, 2))
+    route_points = np.stack([np.full(shape, np.nan) if r is None else r for r in routes]).astype(np.float32)
     return (list(images), list(instructions), list(speeds), list(yaw_rates), torch.stack(waypoints),
-            torch.tensor(target_speeds, dtype=torch.float32))
+            torch.tensor(target_speeds, dtype=torch.float32), torch.from_numpy(route_points))

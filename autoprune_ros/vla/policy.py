@@ -18,6 +18,7 @@ from .action import Action
 from .action_head import ActionHead
 from .controller import WaypointController
 from .pruned_prefill import PrefillStats, PruningSession
+from .route import route_features, route_targets
 
 _ALLOWED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -34,6 +35,7 @@ class PolicyOutput:
     num_visual_tokens: int
     timings_ms: dict[str, float]
     prefill: PrefillStats | None = None  # kept tokens per layer, MI, slope, FLOPs of this frame's prefill
+    route_targets: np.ndarray | None = None  # (P, 2) ego-frame route points the head read; None: no route
 
 
 def _elapsed_ms(start: float) -> float:
@@ -93,6 +95,8 @@ class VLAPolicy:
         self._max_instruction_chars = config["prompt"]["max_instruction_chars"]
         self.max_speed = float(config["action_head"]["max_speed"])
         self.waypoint_dt = float(config["action_head"]["waypoint_dt"])
+        self.route_lookahead_m: float | None = config["action_head"].get("route_lookahead_m")
+        self.route_points = int(config["action_head"].get("route_points", 1))
         self.image_token = processor.image_token
         # Removed from instructions so that text from a topic cannot add image placeholders or control tokens.
         self._reserved_strings = sorted(set(processor.tokenizer.all_special_tokens) | {self.image_token}, key=len,
@@ -185,11 +189,32 @@ class VLAPolicy:
             )
         return outputs.last_hidden_state[0, -1], session.stats()
 
+    @property
+    def uses_route(self) -> bool:
+        """Whether the action head reads route points (the config's action_head.route_lookahead_m is set)."""
+        return self.route_lookahead_m is not None
+
+    def route_input(self, route: np.ndarray | None) -> tuple[torch.Tensor | None, np.ndarray | None]:
+        """(the head's route features, the route points (P, 2) they encode) for a route given in the ego frame
+        ((K, 2), x forward, y left; None: no route); (None, None) for a model without a route input."""
+        if route is not None:
+            route = np.asarray(route, dtype=np.float64)
+            if route.ndim != 2 or route.shape[1] != 2:
+                raise ValueError(f"route must be a (K, 2) array of ego-frame points, got shape {route.shape}")
+        if self.route_lookahead_m is None:
+            return None, None
+        target = route_targets(route, self.route_lookahead_m, self.route_points)
+        features = torch.from_numpy(route_features(target, self.route_lookahead_m, self.route_points)).to(self.device)
+        return features, target
+
     def act(self, images: Sequence[np.ndarray], instruction: str, speed_mps: float, dt: float = 0.1,
-            pruning: PruningPolicy | None = None, yaw_rate_rps: float = 0.0) -> PolicyOutput:
+            pruning: PruningPolicy | None = None, yaw_rate_rps: float = 0.0,
+            route: np.ndarray | None = None) -> PolicyOutput:
         """One control step: HxWx3 uint8 RGB views (in prompt order), the instruction, ego speed (m/s), the
-        control period `dt` (s) and the ego yaw rate (rad/s, left positive; read by prompt templates with a
-        {yaw_rate} field) -> a clipped Action. `pruning` prunes the visual tokens of this frame's prefill.
+        control period `dt` (s), the ego yaw rate (rad/s, left positive; read by prompt templates with a
+        {yaw_rate} field) and the route ahead in the ego frame ((K, 2) metres, x forward, y left; read by models
+        with a route input, which drive from the camera alone without it) -> a clipped Action. `pruning` prunes
+        the visual tokens of this frame's prefill.
 
         Raises ValueError for malformed inputs and RuntimeError if the model produces non-finite outputs (the
         controller state is then left untouched).
@@ -201,6 +226,7 @@ class VLAPolicy:
         if dt <= 0.0:
             raise ValueError(f"dt must be > 0 s, got {dt}")
         text = self.clean_instruction(instruction)
+        route_in, target = self.route_input(route)
 
         timings: dict[str, float] = {}
         start = time.perf_counter()
@@ -210,7 +236,7 @@ class VLAPolicy:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)  # kernels are asynchronous: close the model's time here
             head_start = time.perf_counter()
-            waypoints_t, speed_t = self.head(hidden.to(torch.float32))
+            waypoints_t, speed_t = self.head(hidden.to(torch.float32), route_in)
             waypoints = waypoints_t.cpu().numpy()
             target_speed = float(speed_t)
         encode_ms = (head_start - start) * 1e3
@@ -222,7 +248,7 @@ class VLAPolicy:
         steer, throttle, brake = self.controller.command(waypoints, target_speed, speed, dt)
         action = Action(steer, throttle, brake, target_speed, waypoints).clipped()
         timings["head_and_control"] = _elapsed_ms(head_start)
-        return PolicyOutput(action, len(views) * self.visual_tokens_per_image, timings, prefill_stats)
+        return PolicyOutput(action, len(views) * self.visual_tokens_per_image, timings, prefill_stats, target)
 
     def reset(self) -> None:
         """Reset the controller state (new episode / route)."""

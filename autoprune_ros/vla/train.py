@@ -70,7 +70,8 @@ def encode_batch(policy: VLAPolicy, images: Sequence[np.ndarray], instructions: 
 class Objective:
     """What the loss weighs: the target-speed term, the lateral (y) waypoint error against the longitudinal one,
     and the training-only vision probe (`vision_probe.py`; `probe` and `tap` are None when `aux_weight` is 0);
-    and what the policy sees: `dropout` of visual tokens, `pruned` samples (`pruning_aware.py`), or None."""
+    and what the policy sees: `dropout` of visual tokens, `pruned` samples (`pruning_aware.py`), or None, and
+    routes withheld from `route_dropout` of the samples while training."""
 
     speed_weight: float = 1.0
     lateral_weight: float = 1.0
@@ -79,6 +80,8 @@ class Objective:
     tap: Any = None
     dropout: TokenDropout | None = None
     pruned: Any = None  # pruning_aware.PrunedSamples, or None
+    route_dropout: float = 0.0  # share of training samples whose route is withheld (models with a route input)
+    route_generator: Any = None  # torch.Generator drawing them
 
 
 def action_loss(pred_waypoints: torch.Tensor, pred_speed: torch.Tensor, waypoints: torch.Tensor,
@@ -128,11 +131,29 @@ def _encode_mixed(policy: VLAPolicy, batch: tuple, objective: Objective) -> torc
     return torch.stack(hidden)
 
 
+def route_batch(policy: VLAPolicy, routes: torch.Tensor, objective: Objective) -> torch.Tensor | None:
+    """The head's route features (B, F) for route points (B, P, 2), NaN where a sample has none;
+    while the head trains, `objective.route_dropout` of the samples lose theirs, so that the model learns to drive
+    from the camera when no route is published. None for a model without a route input."""
+    import torch
+
+    from .route import route_features
+
+    if not policy.uses_route:
+        return None
+    routes = routes.clone()
+    if objective.route_dropout > 0 and policy.head.training:
+        withheld = torch.rand(len(routes), generator=objective.route_generator) < objective.route_dropout
+        routes[withheld] = float("nan")
+    return torch.from_numpy(route_features(routes.numpy(), policy.route_lookahead_m, policy.route_points)
+                            ).to(policy.device)
+
+
 def batch_loss(policy: VLAPolicy, batch: tuple, objective: Objective) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(the policy's action loss, the vision probe's loss on the same targets or None without a probe)."""
-    _, _, _, _, waypoints, target_speeds = batch
+    waypoints, target_speeds, routes = batch[4:7]
     hidden = _encode_mixed(policy, batch, objective)
-    pred_waypoints, pred_speed = policy.head(hidden.float())
+    pred_waypoints, pred_speed = policy.head(hidden.float(), route_batch(policy, routes, objective))
     main = action_loss(pred_waypoints, pred_speed, waypoints, target_speeds, objective)
     if objective.probe is None:
         return main, None
@@ -142,7 +163,7 @@ def batch_loss(policy: VLAPolicy, batch: tuple, objective: Objective) -> tuple[t
 def vision_loss(policy: VLAPolicy, batch: tuple, objective: Objective) -> torch.Tensor:
     """The vision probe's action loss on a batch with the vision tower and projector alone: the decoder is not run,
     which makes a step about four times cheaper than `batch_loss` (docs/training.md, "Vision pre-training")."""
-    images, _, _, _, waypoints, target_speeds = batch
+    images, (waypoints, target_speeds) = batch[0], batch[4:6]
     config = policy.model.config
     pixels = policy.processor.image_processor(images=list(images), return_tensors="pt",
                                               input_data_format="channels_last")["pixel_values"]
@@ -199,6 +220,19 @@ def _parser() -> argparse.ArgumentParser:
                         metavar="POLICY:TOKENS",
                         help="pruning configurations for --pruned-share, drawn uniformly per sample (default "
                              "autoprune:22 autoprune:43 autoprune:65)")
+    parser.add_argument("--route-lookahead", type=float, default=None, metavar="M",
+                        help="give the action head route points up to M metres along the route (the recorded "
+                             "reference centreline; vla/route.py). A --init model without a route input gains one, "
+                             "with zero weights (default: the model config's action_head.route_lookahead_m)")
+    parser.add_argument("--route-points", type=int, default=None, metavar="P",
+                        help="with --route-lookahead: the head reads P route points evenly spaced up to M metres "
+                             "(default: the model config's action_head.route_points, 1)")
+    parser.add_argument("--route-dropout", type=float, default=0.2,
+                        help="share of training samples whose route is withheld, so that the model still drives "
+                             "from the camera alone when no route arrives (models with a route input; default 0.2)")
+    parser.add_argument("--route-lr-scale", type=float, default=20.0,
+                        help="learning rate of the head's route branch, as a multiple of --lr: a fine-tune adds it "
+                             "with zero weights to a model already trained (default 20)")
     parser.add_argument("--frame-stride", type=int, default=1,
                         help="train each epoch on every N-th frame, the offset moving on by one each epoch")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="fraction of episode seeds held out")
@@ -218,11 +252,15 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
     if args.vision_epochs and (args.aux_vision_weight == 0 or args.freeze_vision):
         parser.error("--vision-epochs trains the vision tower through the probe: it needs --aux-vision-weight > 0 "
                      "and no --freeze-vision")
-    for name in ("lr", "weight_decay", "speed_weight", "lateral_weight", "aux_vision_weight"):
+    for name in ("lr", "weight_decay", "speed_weight", "lateral_weight", "aux_vision_weight", "route_lr_scale"):
         value = getattr(args, name)
         if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
             parser.error(f"--{name.replace('_', '-')} must be a finite number >= 0 (lr > 0), got {value}")
-    for name in ("mirror_prob", "instruction_balance", "visual_dropout", "pruned_share"):
+    if args.route_lookahead is not None and not (math.isfinite(args.route_lookahead) and args.route_lookahead > 0):
+        parser.error(f"--route-lookahead must be a finite number of metres > 0, got {args.route_lookahead}")
+    if args.route_points is not None and (args.route_points < 1 or args.route_lookahead is None):
+        parser.error("--route-points must be >= 1 and comes with --route-lookahead")
+    for name in ("mirror_prob", "instruction_balance", "visual_dropout", "pruned_share", "route_dropout"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             parser.error(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
     from .pruning_aware import fixed_budget_configs
@@ -274,14 +312,18 @@ def _evaluate(policy: VLAPolicy, loader: Any, objective: Objective) -> float | N
 
 def _fit(name: str, epochs: int, loaders: Callable[[int], Any], step_loss: Callable[[tuple], tuple],
          params: list, args: argparse.Namespace, epoch_samples: list[int], evaluate: Callable[[], float | None],
-         policy: VLAPolicy, log: Any) -> tuple[list[dict[str, Any]], float | None]:
-    """`epochs` epochs of AdamW (cosine decay from --lr, gradients clipped to norm 1) on `params`, minimising
+         policy: VLAPolicy, log: Any, fast_params: Sequence[Any] = ()) -> tuple[list[dict[str, Any]], float | None]:
+    """`epochs` epochs of AdamW (cosine decay from --lr, or --lr x --route-lr-scale for those of `params` in
+    `fast_params`; gradients clipped to norm 1) on `params`, minimising
     `step_loss(batch)` = (logged loss, auxiliary loss or None; the auxiliary one is weighted by the probe
     weight). Returns the per-epoch history and the measured seconds per training sample."""
     import torch
     from tqdm import tqdm
 
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    fast = {id(p) for p in fast_params}
+    groups = [{"params": [p for p in params if id(p) not in fast]},
+              {"params": [p for p in params if id(p) in fast], "lr": args.lr * args.route_lr_scale}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=args.lr, weight_decay=args.weight_decay)
     steps = sum(math.ceil(n / args.batch_size) for n in epoch_samples)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     history: list[dict[str, Any]] = []
@@ -370,6 +412,14 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     if args.config is None:
         args.config = init / CONFIG_FILE if init is not None else config_path("models", "tiny_llava.yaml")
     config = load_model_config(args.config)
+    if args.route_lookahead is not None:
+        head = config["action_head"]
+        asked = (args.route_lookahead, head["route_points"] if args.route_points is None else args.route_points)
+        own = (head["route_lookahead_m"], head["route_points"])
+        if init is not None and own[0] is not None and own != asked:
+            raise ValueError(f"--route-lookahead {asked[0]} --route-points {asked[1]}: {init} reads {own[1]} route "
+                             f"point(s) up to {own[0]} m")
+        head["route_lookahead_m"], head["route_points"] = asked
 
     data_names = ", ".join(map(str, args.data))
     all_dirs = sorted({d.resolve() for root in args.data for d in find_episodes(root)})  # once each
@@ -386,6 +436,8 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         f"samples, val {len(val_dirs)} episodes / {len(val_set)} samples")
 
     policy = build_tiny_vla(config, seed=args.seed) if init is None else load_vla(init)
+    if config["action_head"]["route_lookahead_m"] != policy.route_lookahead_m:
+        policy = _with_route_input(policy, config)
     policy.model.train()
     policy.head.train()
     if args.freeze_vision:
@@ -394,6 +446,8 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     if args.visual_dropout > 0:
         objective.dropout = TokenDropout(args.visual_dropout, args.visual_keep_min,
                                          torch.Generator().manual_seed(args.seed + 1))
+    objective.route_dropout = args.route_dropout
+    objective.route_generator = torch.Generator().manual_seed(args.seed + 3)
     if args.pruned_share > 0:
         from .pruning_aware import PrunedSamples, fixed_budget_configs
 
@@ -418,8 +472,9 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         f"{args.epochs} epochs x {math.ceil(epoch_samples[0] / args.batch_size)} steps of "
         f"batch {args.batch_size} (frame stride {args.frame_stride}, mirror probability {args.mirror_prob}, "
         f"instruction balance {args.instruction_balance}, visual dropout {args.visual_dropout} keeping >= "
-        f"{args.visual_keep_min}, pruned share {args.pruned_share} of {' '.join(args.pruned_configs)}), "
-        f"{args.threads} threads")
+        f"{args.visual_keep_min}, pruned share {args.pruned_share} of {' '.join(args.pruned_configs)}, route "
+        f"{'none' if not policy.uses_route else f'at {policy.route_lookahead_m:g} m, withheld {args.route_dropout}'}"
+        f"), {args.threads} threads")
 
     def loaders(epoch: int) -> Any:
         """The shuffled (or instruction-balanced) training batches of `epoch`."""
@@ -444,7 +499,8 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
             lambda: _mean_loss(val_loader, lambda batch: vision_loss(policy, batch, objective)), policy, log)
     history, seconds_per_sample = _fit(
         "epoch", args.epochs, loaders, lambda batch: batch_loss(policy, batch, objective), params, args,
-        epoch_samples, lambda: _evaluate(policy, val_loader, objective), policy, log)
+        epoch_samples, lambda: _evaluate(policy, val_loader, objective), policy, log,
+        fast_params=() if policy.head.route is None else list(policy.head.route.parameters()))
 
     if objective.tap is not None:
         objective.tap.close()
@@ -460,7 +516,8 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
                                                           "mirror_prob", "instruction_balance", "visual_dropout",
                                                           "visual_keep_min", "frame_stride", "val_fraction",
                                                           "freeze_vision", "threads", "vision_epochs",
-                                                          "pruned_share", "pruned_configs")},
+                                                          "pruned_share", "pruned_configs", "route_lookahead",
+                                                          "route_points", "route_dropout", "route_lr_scale")},
         "data": [_portable(d) for d in args.data],
         "init": None if init is None else _portable(init),
         "config_file": _portable(args.config),
@@ -481,6 +538,16 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     (args.output / TRAINING_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     log(f"saved to {args.output} in {report['total_seconds']:.0f} s")
     return report
+
+
+def _with_route_input(policy: VLAPolicy, config: dict[str, Any]) -> VLAPolicy:
+    """`policy` (loaded without a route input) with its head widened to read the route of `config`: the new inputs
+    start at zero weight, so training begins from the loaded model's own predictions."""
+    from .policy import VLAPolicy
+    from .route import route_feature_size
+
+    head = policy.head.with_route_input(route_feature_size(config["action_head"]["route_points"]))
+    return VLAPolicy(policy.model, policy.processor, head, policy.controller, config).to(policy.device, policy.dtype)
 
 
 def _recipe(init: Path | None, seconds: float) -> dict[str, Any]:
