@@ -76,3 +76,26 @@ def test_it_reads_the_road(policy) -> None:
     mirrored = policy.act([np.ascontiguousarray(frame[:, ::-1])], "follow the lane", 8.3, 0.1).action
     assert left.waypoints[3, 1] > 2.0 and left.steer > 0.0, left  # y left-positive, steer left-positive
     assert mirrored.waypoints[3, 1] < -1.5 and mirrored.steer < 0.0, mirrored
+
+
+def _bend(sign: float, radius: float = 40.0) -> np.ndarray:
+    """A route bending left (sign 1) or right (sign -1) from the ego origin, ego frame."""
+    angle = np.arange(0.0, 80.0) / radius
+    return np.stack((radius * np.sin(angle), sign * radius * (1 - np.cos(angle))), axis=-1)
+
+
+def test_the_route_moves_its_waypoints_and_stop_still_stops(policy) -> None:
+    """The route points (models/README.md, "Route input") shift the trajectory toward where the route goes; without a
+    route the camera alone drives (the checks above); "stop" wins over any route."""
+    assert policy.uses_route and policy.route_points == 3
+    frame = road_frame(3, 160, 120)
+
+    def act(instruction: str, route):
+        policy.reset()
+        return policy.act([frame], instruction, 8.0, 0.1, route=route)
+
+    alone, left, right = (act("follow the lane", r) for r in (None, _bend(1.0), _bend(-1.0)))
+    assert alone.route_targets is None and left.route_targets.shape == (3, 2)
+    y = [out.action.waypoints[3, 1] for out in (alone, left, right)]
+    assert y[1] > y[0] + 0.6 and y[2] < y[0] - 0.6, y
+    assert all(act("stop", r).action.target_speed < 1.0 for r in (_bend(1.0), _bend(-1.0)))
