@@ -37,7 +37,7 @@ from autoprune_ros.replay.bag_sources import brief, open_source
 from autoprune_ros.replay.bag_storage import BagError, StoredTopic
 from autoprune_ros.replay.frames import BagInfo, ReferenceControl, ReplayFrame, TopicMap, Track
 from autoprune_ros.replay.topic_roles import ACKERMANN, detect_topics
-from autoprune_ros.vla.route import to_ego_frame
+from autoprune_ros.vla.route import quaternion_yaw, to_ego_frame
 
 __all__ = ["DEFAULT_MAX_STEER_RAD", "BagError", "BagReader", "detect_topics", "open_bag"]
 
@@ -99,10 +99,6 @@ def _decoders(topics: Mapping[str, StoredTopic], ros1: bool, problems: list[str]
 
 def _stamp_ns(msg: Any) -> int:
     return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
-
-
-def _yaw(q: Any) -> float:
-    return math.atan2(2.0 * (q.w * q.z + q.x * q.y), 1.0 - 2.0 * (q.y * q.y + q.z * q.z))
 
 
 def _reference(msg: Any, msgtype: str, max_steer_rad: float) -> ReferenceControl:
@@ -248,7 +244,7 @@ class BagReader:
                 elif topic == m.odometry:
                     pose, lin = msg.pose.pose, msg.twist.twist.linear
                     index.odometry.append((_stamp_ns(msg), float(pose.position.x), float(pose.position.y),
-                                           _yaw(pose.orientation), math.hypot(lin.x, lin.y),
+                                           quaternion_yaw(pose.orientation), math.hypot(lin.x, lin.y),
                                            float(msg.twist.twist.angular.z)))
                 elif topic == m.route:
                     index.routes.append((_stamp_ns(msg), np.array(

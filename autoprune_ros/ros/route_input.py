@@ -13,11 +13,7 @@ import math
 import numpy as np
 from nav_msgs.msg import Odometry, Path
 
-from autoprune_ros.vla.route import to_ego_frame
-
-
-def _yaw(q) -> float:
-    return math.atan2(2.0 * (q.w * q.z + q.x * q.y), 1.0 - 2.0 * (q.y * q.y + q.z * q.z))
+from autoprune_ros.vla.route import quaternion_yaw, to_ego_frame
 
 
 class RouteInput:
@@ -39,7 +35,7 @@ class RouteInput:
 
     def on_odometry(self, msg: Odometry) -> None:
         pose = msg.pose.pose
-        x, y, yaw = pose.position.x, pose.position.y, _yaw(pose.orientation)
+        x, y, yaw = pose.position.x, pose.position.y, quaternion_yaw(pose.orientation)
         if all(map(math.isfinite, (x, y, yaw))):
             self.pose, self.pose_frame_id = (x, y, yaw), msg.header.frame_id
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .route import points_along, project_onto, route_targets, to_ego_frame
+from .route import points_along, project_onto, quaternion_yaw, route_targets, to_ego_frame
 
 IMAGE_TOPIC = "/carla/hero/rgb_front/image"
 ODOM_TOPIC = "/carla/hero/odometry"
@@ -91,10 +91,6 @@ def _stamp(header: Any) -> int:
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
-def _yaw(q: Any) -> float:
-    return math.atan2(2.0 * (q.w * q.z + q.x * q.y), 1.0 - 2.0 * (q.y * q.y + q.z * q.z))
-
-
 def _decode_image(msg: Any, where: str) -> np.ndarray:
     """sensor_msgs/Image rgb8 / bgr8 -> HxWx3 uint8 RGB."""
     if msg.encoding not in ("rgb8", "bgr8"):
@@ -151,7 +147,7 @@ def read_episode(bag_dir: str | Path) -> Episode:
                     images[_stamp(msg.header)] = _decode_image(msg, f"{bag_dir}: {IMAGE_TOPIC}")
                 elif conn.topic == ODOM_TOPIC:
                     pose = msg.pose.pose
-                    odom[_stamp(msg.header)] = (pose.position.x, pose.position.y, _yaw(pose.orientation),
+                    odom[_stamp(msg.header)] = (pose.position.x, pose.position.y, quaternion_yaw(pose.orientation),
                                                 msg.twist.twist.linear.x, msg.twist.twist.angular.z)
                 elif conn.topic == CONTROL_TOPIC:
                     controls[_stamp(msg.header)] = (msg.steer, msg.throttle, msg.brake)

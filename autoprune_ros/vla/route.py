@@ -47,6 +47,11 @@ def points_along(path: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return points, np.stack((-unit[i, 1], unit[i, 0]), axis=-1)
 
 
+def quaternion_yaw(q) -> float:
+    """Yaw (rad, about z) of a quaternion message (x, y, z, w attributes)."""
+    return math.atan2(2.0 * (q.w * q.z + q.x * q.y), 1.0 - 2.0 * (q.y * q.y + q.z * q.z))
+
+
 def to_ego_frame(points: np.ndarray, x: float, y: float, yaw: float) -> np.ndarray:
     """Map-frame points (..., 2) in the frame of an ego at (x, y) heading `yaw` (rad): x forward, y left."""
     dx, dy = points[..., 0] - x, points[..., 1] - y
