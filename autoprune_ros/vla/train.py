@@ -141,6 +141,8 @@ def route_batch(policy: VLAPolicy, routes: torch.Tensor, objective: Objective) -
 
     if not policy.uses_route:
         return None
+    if routes.shape[1] != policy.route_points and torch.isnan(routes).all():  # collate cannot size a batch of none
+        routes = routes.new_full((len(routes), policy.route_points, 2), float("nan"))
     routes = routes.clone()
     if objective.route_dropout > 0 and policy.head.training:
         withheld = torch.rand(len(routes), generator=objective.route_generator) < objective.route_dropout
