@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
                         "ackermann_msgs/AckermannDriveStamped) the report scores against")
     parser.add_argument("--route-topic", metavar="TOPIC",
                         help="nav_msgs/Path route for models with a route input (default: /carla/hero/waypoints, "
-                        "else the bag's only Path topic, such as the recordings' reference path; 'none': without)")
+                        "else the recordings' /metadrive/hero/reference_path, else the bag's only Path topic; "
+                        "'none': without)")
     parser.add_argument("--baseline", metavar="REPORT_JSON", type=Path,
                         help="an earlier report.json of this bag to compare against (drift, latency, tokens)")
     parser.add_argument("--gate", metavar="YAML", type=Path,
