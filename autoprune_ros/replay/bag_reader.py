@@ -37,7 +37,7 @@ from autoprune_ros.replay.bag_sources import brief, open_source
 from autoprune_ros.replay.bag_storage import BagError, StoredTopic
 from autoprune_ros.replay.frames import BagInfo, ReferenceControl, ReplayFrame, TopicMap, Track
 from autoprune_ros.replay.topic_roles import ACKERMANN, detect_topics
-from autoprune_ros.vla.route import quaternion_yaw, to_ego_frame
+from autoprune_ros.vla.route import path_points, quaternion_yaw, to_ego_frame
 
 __all__ = ["DEFAULT_MAX_STEER_RAD", "BagError", "BagReader", "detect_topics", "open_bag"]
 
@@ -247,8 +247,7 @@ class BagReader:
                                            quaternion_yaw(pose.orientation), math.hypot(lin.x, lin.y),
                                            float(msg.twist.twist.angular.z)))
                 elif topic == m.route:
-                    index.routes.append((_stamp_ns(msg), np.array(
-                        [(p.pose.position.x, p.pose.position.y) for p in msg.poses], dtype=np.float64).reshape(-1, 2)))
+                    index.routes.append((_stamp_ns(msg), path_points(msg)))
                 else:
                     index.references.append((_stamp_ns(msg), _reference(msg, self._types[topic], self._max_steer)))
             except Exception as exc:  # noqa: BLE001 - undecodable message: skipped and counted

@@ -13,7 +13,7 @@ import math
 import numpy as np
 from nav_msgs.msg import Odometry, Path
 
-from autoprune_ros.vla.route import quaternion_yaw, to_ego_frame
+from autoprune_ros.vla.route import path_points, quaternion_yaw, to_ego_frame
 
 
 class RouteInput:
@@ -25,13 +25,10 @@ class RouteInput:
         self.frame_id = ""
         self.pose: tuple[float, float, float] | None = None  # x, y, yaw in `pose_frame_id`
         self.pose_frame_id = ""
-        self.paths_received = 0
 
     def on_path(self, msg: Path) -> None:
-        points = np.array([(p.pose.position.x, p.pose.position.y) for p in msg.poses], dtype=np.float64)
-        self.points = points.reshape(-1, 2)
+        self.points = path_points(msg)
         self.frame_id = msg.header.frame_id
-        self.paths_received += 1
 
     def on_odometry(self, msg: Odometry) -> None:
         pose = msg.pose.pose

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .route import points_along, project_onto, quaternion_yaw, route_targets, to_ego_frame
+from .route import path_points, points_along, project_onto, quaternion_yaw, route_targets, to_ego_frame
 
 IMAGE_TOPIC = "/carla/hero/rgb_front/image"
 ODOM_TOPIC = "/carla/hero/odometry"
@@ -152,8 +152,7 @@ def read_episode(bag_dir: str | Path) -> Episode:
                 elif conn.topic == CONTROL_TOPIC:
                     controls[_stamp(msg.header)] = (msg.steer, msg.throttle, msg.brake)
                 elif conn.topic == REFERENCE_TOPIC:
-                    references[_stamp(msg.header)] = np.array(
-                        [(p.pose.position.x, p.pose.position.y) for p in msg.poses], dtype=np.float64).reshape(-1, 2)
+                    references[_stamp(msg.header)] = path_points(msg)
                 else:
                     instructions.append((t_ns, str(msg.data)))
     except _BagProblem:

@@ -47,6 +47,11 @@ def points_along(path: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return points, np.stack((-unit[i, 1], unit[i, 0]), axis=-1)
 
 
+def path_points(msg) -> np.ndarray:
+    """The (K, 2) x, y of a nav_msgs/Path message's poses (rclpy or rosbags message alike)."""
+    return np.array([(p.pose.position.x, p.pose.position.y) for p in msg.poses], dtype=np.float64).reshape(-1, 2)
+
+
 def quaternion_yaw(q) -> float:
     """Yaw (rad, about z) of a quaternion message (x, y, z, w attributes)."""
     return math.atan2(2.0 * (q.w * q.z + q.x * q.y), 1.0 - 2.0 * (q.y * q.y + q.z * q.z))
