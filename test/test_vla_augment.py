@@ -39,9 +39,9 @@ def test_mirror_instruction_swaps_sides(text: str, mirrored: str) -> None:
 
 
 def test_mirror_sample() -> None:
-    image, text, speed, yaw_rate, waypoints, target, route = sample = _sample()
-    m_image, m_text, m_speed, m_yaw_rate, m_waypoints, m_target, m_route = mirror_sample(sample)
-    assert route is None is m_route
+    image, text, speed, yaw_rate, waypoints, target, route, line = sample = _sample()
+    m_image, m_text, m_speed, m_yaw_rate, m_waypoints, m_target, m_route, m_line = mirror_sample(sample)
+    assert route is None is m_route and line is None is m_line
     assert m_image.flags["C_CONTIGUOUS"] and np.array_equal(m_image[:, 0], image[:, -1])
     assert np.array_equal(m_image[:, ::-1], image)
     assert torch.equal(m_waypoints[:, 0], waypoints[:, 0]) and torch.equal(m_waypoints[:, 1], -waypoints[:, 1])

@@ -121,11 +121,11 @@ def test_dataset_targets_come_from_the_reference_path_and_mirror(tmp_path: Path)
     np.testing.assert_allclose(three[0].route, [(10.0, 1.5), (20.0, 1.5), (30.0, 1.5)], atol=1e-4)
     assert DrivingDataset([folder], _route_config(tmp_path, None))[0].route is None, "a model without route input"
     from autoprune_ros.vla.builder import build_tiny_vla
-    from autoprune_ros.vla.train import Objective, route_batch
+    from autoprune_ros.vla.train import route_batch
 
     three_point = build_tiny_vla({**_route_config(tmp_path), "action_head": {
         **_route_config(tmp_path)["action_head"], "route_points": 3}}, seed=0)
-    none_at_all = route_batch(three_point, collate([without, without])[6], Objective())
+    none_at_all = route_batch(three_point, collate([without, without])[6])
     assert torch.equal(none_at_all, torch.zeros(2, 7)), "a batch without any route: zero features of the right size"
     assert len(data) == 2 * (FRAMES - 20)  # 2 s of future needed at 0.1 s a frame
 

@@ -166,8 +166,8 @@ def test_kept_flag_and_seed_split(tmp_path: Path, episodes: dict[str, Path], sma
     cfg = yaml.safe_load(small_config.read_text(encoding="utf-8"))
     data = DrivingDataset(dirs, cfg)
     assert len(data) == 30 and sorted(data.seeds) == [11, 12, 13]
-    image, instruction, speed, yaw_rate, waypoints, target_speed, route = data[0]
-    assert route is None, "a model without a route input gets no route"
+    image, instruction, speed, yaw_rate, waypoints, target_speed, route, line = data[0]
+    assert route is None is line, "a model without a route input gets no route"
     assert image.shape == (48, 64, 3) and isinstance(instruction, str) and waypoints.shape == (N_WP, 2)
     assert isinstance(speed, float) and isinstance(target_speed, float) and isinstance(yaw_rate, float)
 
@@ -371,7 +371,7 @@ def test_lateral_weight_and_vision_probe(small_config: Path) -> None:
     probe = VisionProbe(policy.visual_tokens_per_image, policy.model.config.text_config.hidden_size, 2 * N_WP + 1)
     rng = np.random.default_rng(0)
     batch = ([rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(3)], ["go"] * 3, [1.0, 2.0, 3.0],
-             [0.0, 0.1, -0.1], torch.zeros(3, N_WP, 2), torch.zeros(3), torch.full((3, 1, 2), float("nan")))
+             [0.0, 0.1, -0.1], torch.zeros(3, N_WP, 2), torch.zeros(3), *[torch.full((3, 1, 2), float("nan"))] * 2)
     main, aux = batch_loss(policy, batch, Objective(aux_weight=1.0, probe=probe, tap=tap))
     assert tap.features.shape == (3, policy.visual_tokens_per_image, policy.model.config.text_config.hidden_size)
     aux.backward()  # the probe's loss reaches the vision tower directly
@@ -398,7 +398,7 @@ def test_vision_pretraining_trains_the_vision_side_only(tmp_path: Path, episodes
     probe = VisionProbe(policy.visual_tokens_per_image, policy.model.config.text_config.hidden_size, 2 * N_WP + 1)
     rng = np.random.default_rng(1)
     batch = ([rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(2)], ["go", "stop"], [1.0, 2.0],
-             [0.0, 0.0], torch.ones(2, N_WP, 2), torch.ones(2), torch.full((2, 1, 2), float("nan")))
+             [0.0, 0.0], torch.ones(2, N_WP, 2), torch.ones(2), *[torch.full((2, 1, 2), float("nan"))] * 2)
     objective = Objective(lateral_weight=3.0, aux_weight=1.0, probe=probe, tap=tap)
     loss = vision_loss(policy, batch, objective)
     torch.testing.assert_close(loss, batch_loss(policy, batch, objective)[1])  # the same probe loss, decoder unrun

@@ -36,14 +36,18 @@ def mirror_instruction(text: str) -> str:
 
 def mirror_sample(sample: Sample) -> Sample:
     """The sample seen in a mirror: image flipped left-right, yaw rate and the lateral (y) coordinates of the
-    waypoints and the route target negated, "left" and "right" exchanged in the instruction; speed and target speed
-    unchanged."""
+    waypoints, the route points and the route line negated, "left" and "right" exchanged in the instruction;
+    speed and target speed unchanged."""
     mirrored = sample.waypoints.clone()
     mirrored[..., 1] = -mirrored[..., 1]
-    route = None if sample.route is None else sample.route * np.array([1.0, -1.0], dtype=sample.route.dtype)
     return sample._replace(image=np.ascontiguousarray(sample.image[:, ::-1]),
                            instruction=mirror_instruction(sample.instruction), yaw_rate=-sample.yaw_rate,
-                           waypoints=mirrored, route=route)
+                           waypoints=mirrored, route=_mirrored_points(sample.route),
+                           route_line=_mirrored_points(sample.route_line))
+
+
+def _mirrored_points(points: np.ndarray | None) -> np.ndarray | None:
+    return None if points is None else points * np.array([1.0, -1.0], dtype=points.dtype)
 
 
 class Mirrored(Dataset):

@@ -25,7 +25,7 @@ from transformers.activations import ACT2FN
 from .action_head import ActionHead
 from .controller import WaypointController
 from .policy import VLAPolicy
-from .route import route_feature_size
+from .route import WAYPOINT_FRAMES, route_feature_size
 from .tokenizer import SPECIAL_TOKENS, build_tokenizer
 
 CONFIG_FILE = "vla_config.yaml"
@@ -86,6 +86,8 @@ _SCHEMA: dict[str, _Key | dict[str, _Key]] = {
         # Route points up to this far along the route are an input of the head (vla/route.py); None: no route.
         "route_lookahead_m": _Key(float, None, positive=True),
         "route_points": _pos(int, 1),  # that many route points, evenly spaced up to route_lookahead_m
+        # ego: waypoints are (x, y) in the ego frame; route: (along, left of) the route (vla/route_frame.py).
+        "waypoint_frame": _Key(str, "ego", choices=WAYPOINT_FRAMES),
     },
     # How the pruned prefill places the kept tokens: compact positions (renumbered 0..n-1, as the AutoPrune and
     # FastV authors run LLaVA) or the positions they had in the full prompt.
@@ -155,6 +157,9 @@ def _check_consistency(cfg: dict[str, Any]) -> None:
             f"'vision.feature_layer' ({vision['feature_layer']}) must index one of the {layers + 1} vision hidden "
             f"states: in [{-(layers + 1)}, {layers}]"
         )
+    head = cfg["action_head"]
+    if head["waypoint_frame"] == "route" and head["route_lookahead_m"] is None:
+        raise ValueError("'action_head.waypoint_frame' route needs a route input: set 'action_head.route_lookahead_m'")
     VLAPolicy.check_prompt_template(cfg["prompt"]["template"])
     try:
         WaypointController(**cfg["controller"])

@@ -20,7 +20,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .route import path_points, points_along, project_onto, quaternion_yaw, route_targets, to_ego_frame
+from .route import (
+    ROUTE_LINE_POINTS,
+    path_points,
+    points_along,
+    project_onto,
+    quaternion_yaw,
+    route_line,
+    route_targets,
+    to_ego_frame,
+)
 
 IMAGE_TOPIC = "/carla/hero/rgb_front/image"
 ODOM_TOPIC = "/carla/hero/odometry"
@@ -44,7 +53,9 @@ _EPS = 1e-6
 class Sample(NamedTuple):
     """One training sample: what the policy sees (camera frame HxWx3 uint8 RGB, instruction, ego speed m/s and
     yaw rate rad/s, left positive, and for models with a route input the route points (P, 2) in the ego frame,
-    None where the episode has no route) and its targets (waypoints (N, 2) float32, target speed m/s)."""
+    None where the episode has no route) and its targets (waypoints (N, 2) float32, target speed m/s); for models
+    whose waypoints are in the route frame, the route line they are laid along (vla/route_frame.py; (M, 2), ego
+    frame, None where the episode has no route)."""
 
     image: np.ndarray
     instruction: str
@@ -53,6 +64,7 @@ class Sample(NamedTuple):
     waypoints: torch.Tensor
     target_speed: float
     route: np.ndarray | None = None
+    route_line: np.ndarray | None = None
 
 
 class _BagProblem(ValueError):
@@ -308,10 +320,12 @@ class DrivingDataset(Dataset):
         self.waypoint_dt = float(head["waypoint_dt"])
         self.route_lookahead_m: float | None = head.get("route_lookahead_m")
         self.route_points = int(head.get("route_points", 1))
+        self.route_frame = head.get("waypoint_frame", "ego") == "route"
         self.episodes: list[Episode] = []
         self._index: list[tuple[int, int, int]] = []  # (episode, frame, target row)
         self._targets: list[tuple[np.ndarray, np.ndarray]] = []
         self._routes: list[np.ndarray | None] = []  # per episode: (T, route points, 2), ego frame
+        self._lines: list[np.ndarray | None] = []  # per episode: (T, route line points, 2), ego frame
         self.seeds: list[int] = []
         for bag_dir in kept_episodes(bag_dirs):
             episode = read_episode(bag_dir)
@@ -320,24 +334,24 @@ class DrivingDataset(Dataset):
             self.episodes.append(episode)
             self.seeds.append(int(episode.meta["seed"]))
             self._targets.append((waypoints.astype(np.float32), speeds.astype(np.float32)))
-            self._routes.append(self._route_targets(episode))
+            routes, lines = self._route_inputs(episode)
+            self._routes.append(routes)
+            self._lines.append(lines)
             # with reference targets the label is the way back to the lane, so perturbed frames are good samples
             clean = (np.ones(len(frames), dtype=bool) if episode.reference_labelled
                      else unperturbed(episode.stamps[frames], episode.meta))
             self._index.extend((e, int(f), row) for row, f in enumerate(frames) if clean[row])
 
-    def _route_targets(self, episode: Episode) -> np.ndarray | None:
-        """Each frame's route points: its reference centreline (the lane the expert steers for, on the route)
-        taken as the route, as the bridge's route is in closed loop; None without a route input or references."""
+    def _route_inputs(self, episode: Episode) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Each frame's route points and, for a route-frame model, route line, from its reference centreline (the
+        lane the expert steers for, on the route) taken as the route, as the bridge's route is in closed loop;
+        None without a route input (or a route frame) or references."""
         if self.route_lookahead_m is None or episode.references is None:
-            return None
-        return np.stack([
-            self._or_nan(route_targets(to_ego_frame(path, *pose), self.route_lookahead_m, self.route_points))
-            for path, pose in zip(episode.references, episode.poses, strict=True)
-        ]).astype(np.float32)
-
-    def _or_nan(self, points: np.ndarray | None) -> np.ndarray:
-        return np.full((self.route_points, 2), np.nan) if points is None else points
+            return None, None
+        routes = [to_ego_frame(path, *pose) for path, pose in zip(episode.references, episode.poses, strict=True)]
+        targets = [route_targets(route, self.route_lookahead_m, self.route_points) for route in routes]
+        lines = [route_line(route) for route in routes] if self.route_frame else None
+        return _stack_or_nan(targets, (self.route_points, 2)), _stack_or_nan(lines, (ROUTE_LINE_POINTS, 2))
 
     def __len__(self) -> int:
         return len(self._index)
@@ -351,18 +365,31 @@ class DrivingDataset(Dataset):
         e, frame, row = self._index[i]
         episode = self.episodes[e]
         waypoints, speeds = self._targets[e]
-        routes = self._routes[e]
-        route = None if routes is None or not np.isfinite(routes[frame]).all() else routes[frame]
         return Sample(episode.images[frame], episode.instructions[frame], float(episode.speeds[frame]),
-                      float(episode.yaw_rates[frame]), torch.from_numpy(waypoints[row]), float(speeds[row]), route)
+                      float(episode.yaw_rates[frame]), torch.from_numpy(waypoints[row]), float(speeds[row]),
+                      _finite_or_none(self._routes[e], frame), _finite_or_none(self._lines[e], frame))
+
+
+def _stack_or_nan(arrays: Sequence[np.ndarray | None] | None, shape: tuple[int, int]) -> np.ndarray | None:
+    """Per-frame arrays stacked as float32 (T, *shape), NaN for the frames that have none; None for None."""
+    if arrays is None:
+        return None
+    return np.stack([np.full(shape, np.nan) if a is None else a for a in arrays]).astype(np.float32)
+
+
+def _finite_or_none(per_frame: np.ndarray | None, frame: int) -> np.ndarray | None:
+    return None if per_frame is None or not np.isfinite(per_frame[frame]).all() else per_frame[frame]
 
 
 def collate(batch: Sequence[Sample]) -> tuple[list[np.ndarray], list[str], list[float], list[float], torch.Tensor,
-                                              torch.Tensor, torch.Tensor]:
+                                              torch.Tensor, torch.Tensor, torch.Tensor]:
     """DataLoader collate: images, instructions, speeds and yaw rates as lists (the processor batches them),
-    targets as tensors (B, N, 2) and (B,), and route points (B, P, 2), NaN where a sample has none."""
-    images, instructions, speeds, yaw_rates, waypoints, target_speeds, routes = zip(*batch, strict=True)
-    shape = next((r.shape for r in routes if r is not None), (1, 2))
-    route_points = np.stack([np.full(shape, np.nan) if r is None else r for r in routes]).astype(np.float32)
+    targets as tensors (B, N, 2) and (B,), route points (B, P, 2) and route lines (B, M, 2), NaN where a sample
+    has none (a batch in which no sample has one gets (B, 1, 2))."""
+    images, instructions, speeds, yaw_rates, waypoints, target_speeds, routes, lines = zip(*batch, strict=True)
     return (list(images), list(instructions), list(speeds), list(yaw_rates), torch.stack(waypoints),
-            torch.tensor(target_speeds, dtype=torch.float32), torch.from_numpy(route_points))
+            torch.tensor(target_speeds, dtype=torch.float32), _nan_padded(routes), _nan_padded(lines))
+
+
+def _nan_padded(arrays: Sequence[np.ndarray | None]) -> torch.Tensor:
+    return torch.from_numpy(_stack_or_nan(arrays, next((a.shape for a in arrays if a is not None), (1, 2))))

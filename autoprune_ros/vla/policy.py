@@ -18,7 +18,8 @@ from .action import Action
 from .action_head import ActionHead
 from .controller import WaypointController
 from .pruned_prefill import PrefillStats, PruningSession
-from .route import route_features, route_targets
+from .route import route_features, route_line, route_targets
+from .route_frame import along_route
 
 _ALLOWED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -97,6 +98,7 @@ class VLAPolicy:
         self.waypoint_dt = float(config["action_head"]["waypoint_dt"])
         self.route_lookahead_m: float | None = config["action_head"].get("route_lookahead_m")
         self.route_points = int(config["action_head"].get("route_points", 1))
+        self.waypoint_frame: str = config["action_head"].get("waypoint_frame", "ego")
         self.image_token = processor.image_token
         # Removed from instructions so that text from a topic cannot add image placeholders or control tokens.
         self._reserved_strings = sorted(set(processor.tokenizer.all_special_tokens) | {self.image_token}, key=len,
@@ -237,6 +239,9 @@ class VLAPolicy:
                 torch.cuda.synchronize(self.device)  # kernels are asynchronous: close the model's time here
             head_start = time.perf_counter()
             waypoints_t, speed_t = self.head(hidden.to(torch.float32), route_in)
+            if self.waypoint_frame == "route":
+                line = route_line(route)
+                waypoints_t = along_route(waypoints_t, None if line is None else torch.from_numpy(line))
             waypoints = waypoints_t.cpu().numpy()
             target_speed = float(speed_t)
         encode_ms = (head_start - start) * 1e3

@@ -64,10 +64,9 @@ def to_ego_frame(points: np.ndarray, x: float, y: float, yaw: float) -> np.ndarr
     return np.stack((cos * dx + sin * dy, -sin * dx + cos * dy), axis=-1)
 
 
-def route_targets(route_ego: np.ndarray | None, lookahead_m: float, count: int = 1) -> np.ndarray | None:
-    """`count` points evenly spaced up to `lookahead_m` along the route (ego frame, (K, 2)) past the ego's
-    projection on it ((count, 2), ego frame; count 1: the target point `lookahead_m` ahead); a route shorter than
-    that is extended straight from its end. None for no route or one without extent (fewer than 2 distinct points)."""
+def _ahead(route_ego: np.ndarray | None, distances: np.ndarray) -> np.ndarray | None:
+    """The points `distances` (M,) metres along the route (ego frame, (K, 2)) past the ego's projection on it
+    ((M, 2), ego frame), extended straight past its end; None for no route or one without extent."""
     if route_ego is None:
         return None
     route = np.asarray(route_ego, dtype=np.float64).reshape(-1, 2)
@@ -77,7 +76,29 @@ def route_targets(route_ego: np.ndarray | None, lookahead_m: float, count: int =
         s0, _ = project_onto(route, np.zeros(2))
     except ValueError:
         return None
-    return points_along(route, s0 + lookahead_m * np.arange(1, count + 1) / count)[0]
+    return points_along(route, s0 + distances)[0]
+
+
+def route_targets(route_ego: np.ndarray | None, lookahead_m: float, count: int = 1) -> np.ndarray | None:
+    """`count` points evenly spaced up to `lookahead_m` along the route (ego frame, (K, 2)) past the ego's
+    projection on it ((count, 2), ego frame; count 1: the target point `lookahead_m` ahead); a route shorter than
+    that is extended straight from its end. None for no route or one without extent (fewer than 2 distinct points)."""
+    return _ahead(route_ego, lookahead_m * np.arange(1, count + 1) / count)
+
+
+# What an action head's waypoints are coordinates in: the ego frame (x, y), or the route's (vla/route_frame.py).
+WAYPOINT_FRAMES = ("ego", "route")
+
+# The route line that waypoints in the route frame are laid along: every metre from the ego's projection on the
+# route, as far as 8 waypoints at 0.5 s reach at 20 m/s (past it, vla/route_frame.py goes on straight).
+ROUTE_LINE_STEP_M = 1.0
+ROUTE_LINE_POINTS = 81
+
+
+def route_line(route_ego: np.ndarray | None) -> np.ndarray | None:
+    """The route resampled from the ego's projection on it every ROUTE_LINE_STEP_M metres ((ROUTE_LINE_POINTS, 2),
+    ego frame), extended straight past its end; None for no route or one without extent."""
+    return _ahead(route_ego, ROUTE_LINE_STEP_M * np.arange(ROUTE_LINE_POINTS))
 
 
 def route_feature_size(count: int) -> int:

@@ -131,10 +131,25 @@ def _encode_mixed(policy: VLAPolicy, batch: tuple, objective: Objective) -> torc
     return torch.stack(hidden)
 
 
-def route_batch(policy: VLAPolicy, routes: torch.Tensor, objective: Objective) -> torch.Tensor | None:
-    """The head's route features (B, F) for route points (B, P, 2), NaN where a sample has none;
-    while the head trains, `objective.route_dropout` of the samples lose theirs, so that the model learns to drive
-    from the camera when no route is published. None for a model without a route input."""
+def withhold_routes(policy: VLAPolicy, routes: torch.Tensor, lines: torch.Tensor,
+                    objective: Objective) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's route points (B, P, 2) and route lines (B, M, 2) with, while the head trains,
+    `objective.route_dropout` of the samples losing both (NaN), so that the model learns to drive from the camera
+    when no route is published."""
+    import torch
+
+    if not (policy.uses_route and objective.route_dropout > 0 and policy.head.training):
+        return routes, lines
+    withheld = torch.rand(len(routes), generator=objective.route_generator) < objective.route_dropout
+    routes, lines = routes.clone(), lines.clone()
+    routes[withheld] = float("nan")
+    lines[withheld] = float("nan")
+    return routes, lines
+
+
+def route_batch(policy: VLAPolicy, routes: torch.Tensor) -> torch.Tensor | None:
+    """The head's route features (B, F) for route points (B, P, 2), NaN where a sample has none; None for a model
+    without a route input."""
     import torch
 
     from .route import route_features
@@ -143,19 +158,27 @@ def route_batch(policy: VLAPolicy, routes: torch.Tensor, objective: Objective) -
         return None
     if routes.shape[1] != policy.route_points and torch.isnan(routes).all():  # collate cannot size a batch of none
         routes = routes.new_full((len(routes), policy.route_points, 2), float("nan"))
-    routes = routes.clone()
-    if objective.route_dropout > 0 and policy.head.training:
-        withheld = torch.rand(len(routes), generator=objective.route_generator) < objective.route_dropout
-        routes[withheld] = float("nan")
     return torch.from_numpy(route_features(routes.numpy(), policy.route_lookahead_m, policy.route_points)
                             ).to(policy.device)
 
 
+def predict(policy: VLAPolicy, hidden: torch.Tensor, batch: tuple,
+            objective: Objective) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head's ego-frame waypoints (B, N, 2) and target speeds (B,) for the batch's hidden states, with its
+    routes (some withheld while training) and, for a route-frame head, laid along their route lines."""
+    from .route_frame import along_route
+
+    routes, lines = withhold_routes(policy, *batch[6:8], objective)
+    waypoints, speed = policy.head(hidden.float(), route_batch(policy, routes))
+    if policy.waypoint_frame == "route":
+        waypoints = along_route(waypoints, lines.to(policy.device) if lines.shape[1] >= 2 else None)
+    return waypoints, speed
+
+
 def batch_loss(policy: VLAPolicy, batch: tuple, objective: Objective) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(the policy's action loss, the vision probe's loss on the same targets or None without a probe)."""
-    waypoints, target_speeds, routes = batch[4:7]
-    hidden = _encode_mixed(policy, batch, objective)
-    pred_waypoints, pred_speed = policy.head(hidden.float(), route_batch(policy, routes, objective))
+    waypoints, target_speeds = batch[4:6]
+    pred_waypoints, pred_speed = predict(policy, _encode_mixed(policy, batch, objective), batch, objective)
     main = action_loss(pred_waypoints, pred_speed, waypoints, target_speeds, objective)
     if objective.probe is None:
         return main, None
@@ -176,6 +199,8 @@ def vision_loss(policy: VLAPolicy, batch: tuple, objective: Objective) -> torch.
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .route import WAYPOINT_FRAMES  # numpy only
+
     parser = argparse.ArgumentParser(
         prog="autoprune-train",
         description="Train the tiny LLaVA driving VLA on expert episode bags (CPU); writes safetensors weights "
@@ -235,6 +260,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--route-lr-scale", type=float, default=20.0,
                         help="learning rate of the head's route branch, as a multiple of --lr: a fine-tune adds it "
                              "with zero weights to a model already trained (default 20)")
+    parser.add_argument("--waypoint-frame", choices=WAYPOINT_FRAMES, default=None,
+                        help="route: the head's waypoints are (along, left of) the route, laid along it "
+                             "(vla/route_frame.py; needs a route input); ego: (x, y) in the ego frame (default: the "
+                             "model config's action_head.waypoint_frame, ego). A --init model keeps its head's "
+                             "weights and learns the new meaning")
     parser.add_argument("--frame-stride", type=int, default=1,
                         help="train each epoch on every N-th frame, the offset moving on by one each epoch")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="fraction of episode seeds held out")
@@ -405,7 +435,7 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     from autoprune_ros.paths import config_path
 
     from .augment import Mirrored, instruction_weights, stride_lengths, stride_subset
-    from .builder import CONFIG_FILE, build_tiny_vla, load_model_config, load_vla, save_vla
+    from .builder import CONFIG_FILE, build_tiny_vla, load_model_config, load_vla, save_vla, validate_model_config
     from .dataset import DrivingDataset, collate, find_episodes, kept_episodes, split_by_seed
     from .vision_probe import ProjectorTap, VisionProbe
 
@@ -422,6 +452,9 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
             raise ValueError(f"--route-lookahead {asked[0]} --route-points {asked[1]}: {init} reads {own[1]} route "
                              f"point(s) up to {own[0]} m")
         head["route_lookahead_m"], head["route_points"] = asked
+    if args.waypoint_frame is not None:
+        config["action_head"]["waypoint_frame"] = args.waypoint_frame
+    config = validate_model_config(config, str(args.config))
 
     data_names = ", ".join(map(str, args.data))
     all_dirs = sorted({d.resolve() for root in args.data for d in find_episodes(root)})  # once each
@@ -438,8 +471,8 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         f"samples, val {len(val_dirs)} episodes / {len(val_set)} samples")
 
     policy = build_tiny_vla(config, seed=args.seed) if init is None else load_vla(init)
-    if config["action_head"]["route_lookahead_m"] != policy.route_lookahead_m:
-        policy = _with_route_input(policy, config)
+    if config["action_head"] != policy.config["action_head"]:
+        policy = _adapted(policy, config)
     policy.model.train()
     policy.head.train()
     if args.freeze_vision:
@@ -476,7 +509,7 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         f"instruction balance {args.instruction_balance}, visual dropout {args.visual_dropout} keeping >= "
         f"{args.visual_keep_min}, pruned share {args.pruned_share} of {' '.join(args.pruned_configs)}, route "
         f"{'none' if not policy.uses_route else f'at {policy.route_lookahead_m:g} m, withheld {args.route_dropout}'}"
-        f"), {args.threads} threads")
+        f"), waypoints in the {policy.waypoint_frame} frame, {args.threads} threads")
 
     def loaders(epoch: int) -> Any:
         """The shuffled (or instruction-balanced) training batches of `epoch`."""
@@ -519,7 +552,8 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
                                                           "visual_keep_min", "frame_stride", "val_fraction",
                                                           "freeze_vision", "threads", "vision_epochs",
                                                           "pruned_share", "pruned_configs", "route_lookahead",
-                                                          "route_points", "route_dropout", "route_lr_scale")},
+                                                          "route_points", "route_dropout", "route_lr_scale",
+                                                          "waypoint_frame")},
         "data": [_portable(d) for d in args.data],
         "init": None if init is None else _portable(init),
         "config_file": _portable(args.config),
@@ -542,13 +576,16 @@ def _train(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     return report
 
 
-def _with_route_input(policy: VLAPolicy, config: dict[str, Any]) -> VLAPolicy:
-    """`policy` (loaded without a route input) with its head widened to read the route of `config`: the new inputs
-    start at zero weight, so training begins from the loaded model's own predictions."""
+def _adapted(policy: VLAPolicy, config: dict[str, Any]) -> VLAPolicy:
+    """`policy` (loaded with another action_head config) set to the action head of `config`: a head without a route
+    input is widened to read the route, the new inputs at zero weight, so training begins from the loaded model's
+    own predictions; a new waypoint frame keeps the head's weights."""
     from .policy import VLAPolicy
     from .route import route_feature_size
 
-    head = policy.head.with_route_input(route_feature_size(config["action_head"]["route_points"]))
+    head = policy.head
+    if config["action_head"]["route_lookahead_m"] != policy.route_lookahead_m:
+        head = head.with_route_input(route_feature_size(config["action_head"]["route_points"]))
     return VLAPolicy(policy.model, policy.processor, head, policy.controller, config).to(policy.device, policy.dtype)
 
 
