@@ -81,8 +81,9 @@ $(foreach s,$(EXPERT_SETS),$(EXPERT_DATA)/$(s)/dataset.json): | setup
 	AMENT_PREFIX_PATH=$(CURDIR)/$(SIM_VENV) $(SIM_VENV)/bin/python -m autoprune_sim.record_expert --resume \
 		$(EXPERT_ARGS) --maps 3,4,SCX --ticks 400 --output-dir $(@D) --no-progress
 
-# Then two training runs: the driving model (v6's recipe), and a fine-tune of it that adds the route target point
-# as an input (withheld from 20% of the samples) and is pruning-aware: a share of the samples run the node's own
+# Then two training runs: the driving model (v6's recipe), and a fine-tune of it that adds the route as an input
+# (three route points, withheld from 20% of the samples), predicts its waypoints in the route's frame (along and
+# left of the route, vla/route_frame.py), and is pruning-aware: a share of the samples run the node's own
 # AutoPrune prefill, so that it keeps driving at 11-22% of its visual tokens.
 BASE_MODEL := data/models/tiny_drive_base
 $(BASE_MODEL)/training.json: $(foreach s,$(EXPERT_SETS),$(EXPERT_DATA)/$(s)/dataset.json)
@@ -93,7 +94,7 @@ model: $(BASE_MODEL)/training.json
 	HF_HUB_OFFLINE=1 $(VENV)/bin/autoprune-train --init $(BASE_MODEL) --data $(EXPERT_DATA) --output models/tiny_drive \
 		--force --epochs 1 --frame-stride 2 --lr 1e-4 --seed 0 --threads 2 --aux-vision-weight 0 \
 		--pruned-share 0.6 --pruned-configs autoprune:22 autoprune:43 --route-lookahead 30 --route-points 3 \
-		--route-dropout 0.2 --route-lr-scale 20 --no-progress
+		--route-dropout 0.2 --route-lr-scale 20 --waypoint-frame route --no-progress
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache *.egg-info results/demo

@@ -65,8 +65,10 @@ def test_pruned_it_still_stops(policy, name: str, budget: int) -> None:
 
 
 def test_it_reads_the_road(policy) -> None:
-    """The waypoints follow the road in the image: left on a left bend, right on the same frame mirrored. The
-    first trained version failed this: its waypoints were the same whatever the image (models/README.md)."""
+    """Without a route, the waypoints follow the road in the image: left on a left bend, right on the same frame
+    mirrored. The first trained version failed this: its waypoints were the same whatever the image. The
+    route-frame v15 bends them far less than v14 did without a route (0.6 m at 2 s against 3.6 m; models/README.md,
+    "Known limitations"): it drives by the route and falls back on the camera."""
     from PIL import Image
 
     frame = np.asarray(Image.open(LEFT_CURVE).convert("RGB"))
@@ -74,8 +76,8 @@ def test_it_reads_the_road(policy) -> None:
     left = policy.act([frame], "follow the lane", 8.3, 0.1).action
     policy.reset()
     mirrored = policy.act([np.ascontiguousarray(frame[:, ::-1])], "follow the lane", 8.3, 0.1).action
-    assert left.waypoints[3, 1] > 2.0 and left.steer > 0.0, left  # y left-positive, steer left-positive
-    assert mirrored.waypoints[3, 1] < -1.5 and mirrored.steer < 0.0, mirrored
+    assert left.waypoints[3, 1] > 0.4 and left.steer > 0.0, left  # y left-positive, steer left-positive
+    assert mirrored.waypoints[3, 1] < -0.4 and mirrored.steer < 0.0, mirrored
 
 
 def _bend(sign: float, radius: float = 40.0) -> np.ndarray:
@@ -84,10 +86,13 @@ def _bend(sign: float, radius: float = 40.0) -> np.ndarray:
     return np.stack((radius * np.sin(angle), sign * radius * (1 - np.cos(angle))), axis=-1)
 
 
-def test_the_route_moves_its_waypoints_and_stop_still_stops(policy) -> None:
-    """The route points (models/README.md, "Route input") shift the trajectory toward where the route goes; without a
-    route the camera alone drives (the checks above); "stop" wins over any route."""
-    assert policy.uses_route and policy.route_points == 3
+def test_it_drives_along_the_route_and_stop_still_stops(policy) -> None:
+    """Its waypoints are in the route's frame (models/README.md, "Waypoints in the route's frame"): with the car on
+    a route that bends left or right they stay on it; without a route the camera alone drives (the checks above);
+    "stop" wins over any route."""
+    from autoprune_ros.vla.route import points_along
+
+    assert policy.uses_route and policy.route_points == 3 and policy.waypoint_frame == "route"
     frame = road_frame(3, 160, 120)
 
     def act(instruction: str, route):
@@ -96,6 +101,10 @@ def test_the_route_moves_its_waypoints_and_stop_still_stops(policy) -> None:
 
     alone, left, right = (act("follow the lane", r) for r in (None, _bend(1.0), _bend(-1.0)))
     assert alone.route_targets is None and left.route_targets.shape == (3, 2)
-    y = [out.action.waypoints[3, 1] for out in (alone, left, right)]
-    assert y[1] > y[0] + 0.6 and y[2] < y[0] - 0.6, y
+    for out, sign in ((left, 1.0), (right, -1.0)):
+        waypoints = out.action.waypoints
+        travelled = np.cumsum(np.hypot(*np.diff(np.vstack(([[0.0, 0.0]], waypoints)), axis=0).T))
+        on_route = points_along(_bend(sign), travelled)[0]
+        assert np.abs(waypoints - on_route).max() < 0.5, (waypoints, on_route)  # within half a metre of the route
+        assert sign * waypoints[-1, 1] > 3.0 and sign * out.action.steer > 0.0
     assert all(act("stop", r).action.target_speed < 1.0 for r in (_bend(1.0), _bend(-1.0)))
