@@ -9,6 +9,7 @@ the launch file provide these instead; values already in the environment are alw
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import sys
 import tempfile
@@ -19,6 +20,30 @@ from autoprune_ros.paths import config_path
 
 # Fast DDS's default port mapping stays valid for domain ids 0-101 on Linux.
 _MAX_DOMAIN_ID = 101
+_claimed: dict = {}  # the domain id this process holds -> its lock file, open until the process exits
+
+
+def claim_domain_id() -> int:
+    """A ROS domain id in 1..101 that no other live process on this machine has claimed: the first, from a
+    pid-derived start, whose lock file (in the temporary folder) this process can lock. The lock lives as long as
+    this process, and across `exec` (the rosenv wrapper), so concurrent runs never share a domain: two
+    closed-loop evaluations that did once drove each other's cars. Later calls return the same id."""
+    if _claimed:
+        return next(iter(_claimed))
+    start = os.getpid() % _MAX_DOMAIN_ID
+    for offset in range(_MAX_DOMAIN_ID):
+        domain = 1 + (start + offset) % _MAX_DOMAIN_ID
+        lock = open(Path(tempfile.gettempdir()) / f"autoprune-ros-domain-{domain}.lock", "a")  # noqa: SIM115
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            continue
+        os.set_inheritable(lock.fileno(), True)
+        _claimed[domain] = lock
+        return domain
+    raise RuntimeError(f"all {_MAX_DOMAIN_ID} ROS domain ids are claimed by other runs on this machine; set "
+                       "ROS_DOMAIN_ID yourself or wait for some to end")
 
 
 def _prefix_has_ament_index(prefix: Path) -> bool:
@@ -31,7 +56,8 @@ def ros_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
     - AMENT_PREFIX_PATH includes this interpreter's prefix when it is a ROS prefix (the ROS 2 wheels turn the
       virtual environment into one; without it ament_index raises "AMENT_PREFIX_PATH is not set").
     - ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST: no discovery traffic leaves the host.
-    - ROS_DOMAIN_ID: a per-run id, so concurrent runs on one machine never see each other.
+    - ROS_DOMAIN_ID: an id no other run on this machine holds (`claim_domain_id`), so concurrent runs never see
+      each other.
     - FASTDDS_DEFAULT_PROFILES_FILE: config/fastdds.xml (shared memory sized for camera frames).
     - ROS_LOG_DIR: a fresh temporary folder, so runs never write into the home folder.
     - HF_HUB_OFFLINE=1: nothing is ever downloaded at run time.
@@ -43,7 +69,8 @@ def ros_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
         if str(prefix) not in paths:
             env["AMENT_PREFIX_PATH"] = os.pathsep.join([str(prefix), *paths])
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    env.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % _MAX_DOMAIN_ID))
+    if "ROS_DOMAIN_ID" not in env:
+        env["ROS_DOMAIN_ID"] = str(claim_domain_id())
     env.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
     env.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(config_path("fastdds.xml")))
     env.setdefault("HF_HUB_OFFLINE", "1")

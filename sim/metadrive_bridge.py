@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -187,6 +188,11 @@ def run(args: argparse.Namespace, stop_requested) -> RouteResult:
                     resends, resend_at = resends + 1, 0.0
             if key in node.controls:
                 msg, arrived = node.controls.pop(key)
+                if arrived < published:
+                    raise RuntimeError(
+                        f"a control stamped for tick {tick} arrived before that tick's camera frame was published: "
+                        f"another ROS graph on domain {os.environ.get('ROS_DOMAIN_ID', '0')} is answering; give "
+                        "each run a domain of its own (python -m autoprune_ros.rosenv claims a free one)")
                 executor.spin_once(timeout_sec=0.0)
                 latency_ms = node.latencies_ms.pop(key, (arrived - published) * 1e3)
                 latencies.append(latency_ms)
