@@ -150,18 +150,24 @@ def test_the_policy_reads_the_route_and_refuses_a_malformed_one(tmp_path: Path) 
     assert not plain.uses_route and plain.act([frame], "follow the lane", 5.0, route=_arc(40.0)).route_targets is None
 
 
-def test_fine_tuning_adds_a_route_input_to_a_model_without_one(tmp_path: Path, capsys) -> None:
-    from autoprune_ros.vla.builder import load_vla
-    from autoprune_ros.vla.train import main
-
+def fine_tune_setup(tmp_path: Path, lookahead: float | None) -> tuple[Path, list[str]]:
+    """Three straight episodes with reference paths, a small config with route input `lookahead` (None: none) and
+    the common autoprune-train arguments of a one-epoch run on them: (config path, arguments)."""
     yaw = straight(0.0)[2]
     for seed in (5, 6, 7):
         write_episode(tmp_path / "data" / f"ep{seed}", straight, seed=seed,
                       reference=lambda t: _line(np.array(straight(t)[:2]), yaw))
     config = tmp_path / "small.yaml"
-    config.write_text(yaml.safe_dump(_route_config(tmp_path, None)), encoding="utf-8")
-    base = ["--data", str(tmp_path / "data"), "--epochs", "1", "--batch-size", "4", "--val-fraction", "0.34",
-            "--no-progress", "--threads", "2", "--aux-vision-weight", "0"]
+    config.write_text(yaml.safe_dump(_route_config(tmp_path, lookahead)), encoding="utf-8")
+    return config, ["--data", str(tmp_path / "data"), "--epochs", "1", "--batch-size", "4", "--val-fraction", "0.34",
+                    "--no-progress", "--threads", "2", "--aux-vision-weight", "0"]
+
+
+def test_fine_tuning_adds_a_route_input_to_a_model_without_one(tmp_path: Path, capsys) -> None:
+    from autoprune_ros.vla.builder import load_vla
+    from autoprune_ros.vla.train import main
+
+    config, base = fine_tune_setup(tmp_path, None)
     assert main([*base, "--config", str(config), "--output", str(tmp_path / "a")]) == 0
     assert not load_vla(tmp_path / "a").uses_route
     assert main([*base, "--init", str(tmp_path / "a"), "--route-lookahead", "25", "--route-points", "2",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_vla_route import _arc, _route_config
+from test_vla_route import LOOKAHEAD, _arc, _route_config, fine_tune_setup
 from test_vla_train import _line, straight, write_episode
 
 from autoprune_ros.vla.route import ROUTE_LINE_POINTS, ROUTE_LINE_STEP_M, route_line
@@ -122,14 +122,7 @@ def test_fine_tuning_turns_an_ego_frame_head_into_a_route_frame_one(tmp_path: Pa
     from autoprune_ros.vla.builder import load_vla
     from autoprune_ros.vla.train import main
 
-    yaw = straight(0.0)[2]
-    for seed in (5, 6, 7):
-        write_episode(tmp_path / "data" / f"ep{seed}", straight, seed=seed,
-                      reference=lambda t: _line(np.array(straight(t)[:2]), yaw))
-    config = tmp_path / "small.yaml"
-    config.write_text(yaml.safe_dump(_route_config(tmp_path)), encoding="utf-8")
-    base = ["--data", str(tmp_path / "data"), "--epochs", "1", "--batch-size", "4", "--val-fraction", "0.34",
-            "--no-progress", "--threads", "2", "--aux-vision-weight", "0"]
+    config, base = fine_tune_setup(tmp_path, LOOKAHEAD)
     assert main([*base, "--config", str(config), "--output", str(tmp_path / "ego")]) == 0
     assert load_vla(tmp_path / "ego").waypoint_frame == "ego"
     assert main([*base, "--init", str(tmp_path / "ego"), "--waypoint-frame", "route",
